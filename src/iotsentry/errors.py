@@ -1,0 +1,31 @@
+"""Errors that reach the user as one clear line (the CLI prints ``str(err)``, never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class IotSentryError(Exception):
+    """Base class of every error iotsentry reports to the user."""
+
+
+class InputError(IotSentryError):
+    """An input file cannot be used: the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CaptureDamaged(Warning):
+    """A capture ended in damage; everything before ``offset`` was read."""
+
+    def __init__(self, path: str | Path, offset: int, problem: str, packets_read: int) -> None:
+        self.path = str(path)
+        self.offset = offset
+        self.problem = problem
+        self.packets_read = packets_read
+        super().__init__(
+            f"{self.path}: {problem} at byte offset {offset}; kept the {packets_read} packets before it"
+        )

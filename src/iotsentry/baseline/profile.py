@@ -1,0 +1,277 @@
+"""Per-device behavioural baselines: peers, services, volumes per window, discovery over time.
+
+The baseline is learned from the packets of a learning period, window by window, and then
+frozen: membership tests during detection are vectorised (sorted hash arrays). Peers are kept
+with the DNS name that resolved to them, so a cloud service that rotates addresses behind one
+name stays known.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.baseline.maturity import Maturity, maturity_of
+from iotsentry.features.device_context import PacketContext, mix_keys
+from iotsentry.features.windows import WINDOW_FEATURES, window_table
+from iotsentry.inventory.addresses import is_local, is_multicast
+from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_to_str
+
+MAX_PEERS_LISTED = 64
+
+
+@dataclass
+class DeviceProfile:
+    """What one device did while its baseline was learned."""
+
+    device_id: str
+    peers: Counter[str] = field(default_factory=Counter)
+    """Remote address -> number of windows it was seen in."""
+    peer_names: dict[str, str] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    services: Counter[str] = field(default_factory=Counter)
+    """``proto/port`` -> number of windows it was seen in."""
+    windows: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    window_ts: list[float] = field(default_factory=list)
+    discoveries: list[float] = field(default_factory=list)
+    first_ts: float = float("inf")
+    last_ts: float = float("-inf")
+
+    def matrix(self) -> npt.NDArray[np.float64]:
+        """Window feature matrix (rows in time order)."""
+        if not self.windows:
+            return np.zeros((0, len(WINDOW_FEATURES)))
+        return np.vstack(self.windows)
+
+    def maturity(self) -> Maturity:
+        """How far the discovery of new peers and services has flattened."""
+        return maturity_of(self.first_ts, self.last_ts, self.discoveries, len(self.windows))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description, used by the store and the report."""
+        X = self.matrix()
+        vol: dict[str, dict[str, float]] = {}
+        for j, name in enumerate(WINDOW_FEATURES):
+            col = X[:, j] if len(X) else np.zeros(1)
+            vol[name] = {
+                "mean": float(col.mean()),
+                "p95": float(np.quantile(col, 0.95)),
+                "max": float(col.max()),
+            }
+        mat = self.maturity()
+        return {
+            "device_id": self.device_id,
+            "peers": [
+                {"ip": ip, "name": self.peer_names.get(ip, ""), "windows": n}
+                for ip, n in self.peers.most_common(MAX_PEERS_LISTED)
+            ],
+            "peer_count": len(self.peers),
+            "services": [{"service": s, "windows": n} for s, n in self.services.most_common(32)],
+            "window_s": 60,
+            "windows": len(self.windows),
+            "per_window": vol,
+            "observed_s": max(0.0, self.last_ts - self.first_ts),
+            "maturity": mat.to_dict(),
+        }
+
+    def top_services(self, k: int = 4) -> str:
+        """``443/tcp, 123/udp`` style list of the most used services."""
+        out = []
+        for s, _ in self.services.most_common(k):
+            proto, port = s.split("/")
+            out.append(f"{port}/{proto.lower()}")
+        return ", ".join(out) if out else "none"
+
+
+def service_label(proto: int, port: int) -> str:
+    """``TCP/443`` style label of a service key."""
+    return f"{PROTO_NAMES.get(int(proto), str(int(proto)))}/{int(port)}"
+
+
+class Baseline:
+    """All device profiles of a site, learned from packet batches, then frozen for detection."""
+
+    def __init__(self, device_ids: list[str]) -> None:
+        self.device_ids = list(device_ids)
+        self.profiles = [DeviceProfile(d) for d in self.device_ids]
+        self._peer_win: dict[int, int] = {}
+        self._svc_win: dict[int, int] = {}
+        self._names: dict[int, set[str]] = defaultdict(set)
+        self._frozen = False
+        self._peer_keys = np.zeros(0, np.uint64)
+        self._peer_counts = np.zeros(0, np.float64)
+        self._svc_keys = np.zeros(0, np.uint64)
+        self._svc_counts = np.zeros(0, np.float64)
+
+    # -- keys ------------------------------------------------------------------------------
+    @staticmethod
+    def peer_keys(ctx: PacketContext) -> npt.NDArray[np.uint64]:
+        """Hash of (device, peer address) per packet."""
+        return mix_keys(ctx.device.astype(np.uint64), ctx.peer_hi, ctx.peer_lo)
+
+    @staticmethod
+    def service_keys(ctx: PacketContext) -> npt.NDArray[np.uint64]:
+        """Hash of (device, protocol, service port) per packet."""
+        return mix_keys(ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64))
+
+    # -- lookups -----------------------------------------------------------------------------
+    def peer_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
+        """Windows in which each packet's (device, peer) was seen while learning (0 = never)."""
+        return _count_lookup(self._peer_keys, self._peer_counts, self.peer_keys(ctx))
+
+    def service_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
+        """Windows in which each packet's (device, service) was seen while learning."""
+        return _count_lookup(self._svc_keys, self._svc_counts, self.service_keys(ctx))
+
+    def named(
+        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Per packet: (peer reached through a DNS name or local, peer's name known to the device,
+        peer is local / multicast / not IP)."""
+        n = len(ctx)
+        has_name = np.zeros(n, dtype=bool)
+        name_known = np.zeros(n, dtype=bool)
+        local = is_local(ctx.peer_hi, ctx.peer_lo) | is_multicast(ctx.peer_hi, ctx.peer_lo)
+        local |= batch.ip_version == 0
+        cand = np.flatnonzero(~local & (ctx.device >= 0))
+        if len(cand) and ip_names:
+            keys = np.stack([ctx.device[cand].astype(np.uint64), ctx.peer_hi[cand], ctx.peer_lo[cand]], 1)
+            uk, inv = np.unique(keys, axis=0, return_inverse=True)
+            hn = np.zeros(len(uk), dtype=bool)
+            nk = np.zeros(len(uk), dtype=bool)
+            for i, (dev, hi, lo) in enumerate(uk.tolist()):
+                name = ip_names.get(ip_to_str(hi, lo))
+                if name:
+                    hn[i] = True
+                    nk[i] = name in self._names.get(dev, ())
+            has_name[cand] = hn[inv.ravel()]
+            name_known[cand] = nk[inv.ravel()]
+        return has_name | local, name_known, local
+
+    # -- learning ------------------------------------------------------------------------------
+    def learn(self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]) -> None:
+        """Add the packets of one batch (whole windows) to the profiles."""
+        if self._frozen:
+            raise RuntimeError("the baseline is frozen; learning happens before detection")
+        valid = (ctx.device >= 0) & (batch.ip_version > 0)
+        pk = self.peer_keys(ctx)
+        sk = self.service_keys(ctx)
+        known_p = self._first_window_flags(pk, ctx.window, valid, self._peer_win)
+        known_s = self._first_window_flags(sk, ctx.window, valid, self._svc_win)
+        has_name, name_known, local = self.named(batch, ctx, ip_names)
+        table = window_table(batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid)
+        for r in range(len(table)):
+            prof = self.profiles[int(table.device[r])]
+            prof.windows.append(table.X[r])
+            prof.window_ts.append(float(table.window[r]) * 60.0)
+        self._account_pairs(pk, ctx, valid, batch, ip_names, kind="peer")
+        self._account_pairs(sk, ctx, valid, batch, ip_names, kind="service")
+        # time span per device
+        dv = ctx.device[ctx.device >= 0]
+        if len(dv):
+            ts = batch.ts[ctx.device >= 0]
+            first = np.full(len(self.profiles), np.inf)
+            last = np.full(len(self.profiles), -np.inf)
+            np.minimum.at(first, dv, ts)
+            np.maximum.at(last, dv, ts)
+            for d in np.unique(dv).tolist():
+                p = self.profiles[d]
+                p.first_ts = min(p.first_ts, float(first[d]))
+                p.last_ts = max(p.last_ts, float(last[d]))
+
+    @staticmethod
+    def _first_window_flags(
+        keys: npt.NDArray[np.uint64], window: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_], seen: dict[int, int]
+    ) -> npt.NDArray[np.bool_]:
+        """Known = seen in an earlier batch, or earlier in this batch than the packet's window."""
+        out = np.zeros(len(keys), dtype=bool)
+        idx = np.flatnonzero(valid)
+        if not len(idx):
+            return out
+        uk, inv = np.unique(keys[idx], return_inverse=True)
+        first_w = np.full(len(uk), np.iinfo(np.int64).max)
+        np.minimum.at(first_w, inv, window[idx])
+        before = np.array([k in seen for k in uk.tolist()], dtype=bool)
+        out[idx] = before[inv] | (window[idx] > first_w[inv])
+        return out
+
+    def _account_pairs(
+        self,
+        keys: npt.NDArray[np.uint64],
+        ctx: PacketContext,
+        valid: npt.NDArray[np.bool_],
+        batch: PacketBatch,
+        ip_names: dict[str, str],
+        kind: str,
+    ) -> None:
+        idx = np.flatnonzero(valid)
+        if not len(idx):
+            return
+        # distinct (key, window) pairs -> windows per key
+        kw = np.stack([keys[idx], ctx.window[idx].astype(np.uint64)], 1)
+        ukw, first_pos = np.unique(kw, axis=0, return_index=True)
+        uk, cnt = np.unique(ukw[:, 0], return_counts=True)
+        # one representative packet per key for the human-readable profile
+        rep_of_key: dict[int, int] = {}
+        for (k, _w), pos in zip(ukw.tolist(), first_pos.tolist(), strict=True):
+            rep_of_key.setdefault(k, int(idx[pos]))
+        store = self._peer_win if kind == "peer" else self._svc_win
+        for k, c in zip(uk.tolist(), cnt.tolist(), strict=True):
+            i = rep_of_key[k]
+            dev = int(ctx.device[i])
+            prof = self.profiles[dev]
+            if k not in store:
+                prof.discoveries.append(float(batch.ts[i]))
+            store[k] = store.get(k, 0) + int(c)
+            if kind == "peer":
+                ip = ip_to_str(ctx.peer_hi[i], ctx.peer_lo[i])
+                prof.peers[ip] += int(c)
+                name = ip_names.get(ip)
+                if name:
+                    prof.peer_names[ip] = name
+                    self._names[dev].add(name)
+                    prof.names.add(name)
+            else:
+                prof.services[service_label(ctx.proto[i], ctx.service[i])] += int(c)
+
+    def freeze(self) -> None:
+        """End learning: build the vectorised lookup tables."""
+        self._frozen = True
+        self._peer_keys, self._peer_counts = _sorted_table(self._peer_win)
+        self._svc_keys, self._svc_counts = _sorted_table(self._svc_win)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether learning has ended."""
+        return self._frozen
+
+    def add_device(self, device_id: str) -> int:
+        """Register a device first seen after learning started (its profile stays empty)."""
+        self.device_ids.append(device_id)
+        self.profiles.append(DeviceProfile(device_id))
+        return len(self.profiles) - 1
+
+
+def _sorted_table(d: dict[int, int]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
+    if not d:
+        return np.zeros(0, np.uint64), np.zeros(0, np.float64)
+    keys = np.fromiter(d.keys(), dtype=np.uint64, count=len(d))
+    vals = np.fromiter(d.values(), dtype=np.float64, count=len(d))
+    order = np.argsort(keys)
+    return keys[order], vals[order]
+
+
+def _count_lookup(
+    keys: npt.NDArray[np.uint64], counts: npt.NDArray[np.float64], q: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.float64]:
+    out = np.zeros(len(q))
+    if len(keys) == 0 or len(q) == 0:
+        return out
+    pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+    hit = keys[pos] == q
+    out[hit] = counts[pos[hit]]
+    return out

@@ -1,0 +1,342 @@
+"""The ``iotsentry`` command. Heavy libraries are imported inside the subcommands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iotsentry.errors import CaptureDamaged, IotSentryError
+
+if TYPE_CHECKING:
+    from iotsentry.pipeline import AnalysisResult, Progress
+
+DEFAULT_OUT = Path("iotsentry-out")
+
+
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    _eprint(f"warning: {message}")
+
+
+class _ProgressBar:
+    """A rich progress display on stderr for long inputs; silent when stderr is not a terminal."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.enabled = sys.stderr.isatty() and total_bytes > 20_000_000
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} packets"),
+                TimeElapsedColumn(), transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def __call__(self, phase: str, done: int) -> None:
+        if self._progress is None:
+            return
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(phase, total=None)
+        self._progress.update(self._tasks[phase], completed=done)
+
+
+def _total_bytes(paths: Sequence[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def _check_inputs(paths: Sequence[str]) -> list[Path]:
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise IotSentryError(f"{p}: no such file")
+        if path.is_dir():
+            raise IotSentryError(f"{p}: is a directory, expected a capture file")
+        out.append(path)
+    return out
+
+
+# -- analyze -------------------------------------------------------------------------------------
+def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> AnalysisResult:
+    from iotsentry.pipeline import AnalysisConfig, Analyzer
+
+    cfg = AnalysisConfig(learn_seconds=args.learn_seconds, site_id=args.site)
+    return Analyzer(_check_inputs(args.inputs), cfg).run(progress=progress)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from iotsentry.alerts.jsonl import JsonlSink
+    from iotsentry.alerts.sinks import sink_from_uri
+    from iotsentry.store.sqlite import Store
+    from iotsentry.ui.report_html import write_report
+
+    paths = _check_inputs(args.inputs)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    db_path = Path(args.db) if args.db else out / "iotsentry.db"
+    alerts_path = Path(args.alerts) if args.alerts else out / "alerts.jsonl"
+    report_path = Path(args.report) if args.report else out / "report.html"
+    t0 = time.perf_counter()
+    store = Store(db_path)
+    run_id = store.start_run("analyze", [str(p) for p in paths])
+    try:
+        with _ProgressBar(_total_bytes(paths)) as bar:
+            res = _run_analysis(args, bar)
+    except BaseException:
+        store.finish_run(run_id, "failed", {})
+        store.close()
+        raise
+    elapsed = time.perf_counter() - t0
+    res.stats["seconds"] = round(elapsed, 3)
+    store.upsert_devices(res.devices)
+    for dev_id, prof in res.baselines.items():
+        store.save_baseline(dev_id, run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"]))
+    stored = store.add_alerts(run_id, res.alerts)
+    store.finish_run(run_id, "ok", res.stats)
+    store.close()
+    sinks = [JsonlSink(alerts_path)] + [sink_from_uri(u) for u in args.sink or []]
+    for s in sinks:
+        for a in res.alerts:
+            s.emit(a)
+        s.close()
+    write_report(
+        report_path, title=f"iotsentry analysis of {', '.join(p.name for p in paths)}",
+        devices=res.devices, alerts=res.alerts, timelines=res.timelines, baselines=res.baselines,
+        run_info={"inputs": [str(p) for p in paths], **res.stats},
+    )
+    if args.json:
+        print(json.dumps({
+            "devices": [d.to_dict() for d in res.devices],
+            "alerts": [a.to_eve() for a in res.alerts],
+            "stats": res.stats,
+            "outputs": {"db": str(db_path), "alerts": str(alerts_path), "report": str(report_path)},
+        }, indent=2, default=str))
+    else:
+        _print_summary(res)
+        print(f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(res.alerts)} alerts "
+              f"({stored} stored) in {elapsed:.1f} s")
+        print(f"store:  {db_path}\nalerts: {alerts_path}\nreport: {report_path}")
+    return 0
+
+
+def _print_summary(res: AnalysisResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    by_dev: dict[str, int] = {}
+    for a in res.alerts:
+        by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1
+    t = Table(title="Devices")
+    for c in ("device", "IP", "vendor", "names", "type", "baseline", "alerts"):
+        t.add_column(c)
+    for d in res.devices:
+        b = res.baselines.get(d.device_id, {})
+        mat = b.get("maturity", {})
+        state = f"{'mature' if b.get('mature') else 'learning'} ({mat.get('score', 0):.2f})"
+        n = by_dev.get(d.device_id, 0)
+        t.add_row(
+            d.device_id + (" [gw]" if d.is_gateway else ""), ", ".join(d.ips[:2]), (d.vendor or "?")[:28],
+            ", ".join(d.names[:2])[:32], d.device_type or "?", state,
+            f"[bold red]{n}[/]" if n else "0",
+        )
+    console.print(t)
+    if res.alerts:
+        ta = Table(title="Alerts")
+        for c in ("time (UTC)", "device", "sev", "category", "reason"):
+            ta.add_column(c, overflow="fold")
+        for a in res.alerts[:50]:
+            ta.add_row(time.strftime("%H:%M:%S", time.gmtime(a.timestamp)), a.device_id,
+                       {1: "high", 2: "med", 3: "low"}.get(a.severity, "?"), a.category, a.reason)
+        console.print(ta)
+        if len(res.alerts) > 50:
+            console.print(f"... and {len(res.alerts) - 50} more alerts")
+
+
+# -- devices --------------------------------------------------------------------------------------
+def cmd_devices(args: argparse.Namespace) -> int:
+    from iotsentry.pipeline import Analyzer
+
+    an = Analyzer(_check_inputs(args.inputs))
+    devices = an.inventory()
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devices], indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{len(devices)} devices")
+    for c in ("device", "IPs", "vendor", "names", "type", "DHCP vendor class", "packets"):
+        t.add_column(c, overflow="fold")
+    for d in devices:
+        t.add_row(d.device_id + (" [gw]" if d.is_gateway else ""), ", ".join(d.ips[:3]), d.vendor or "?",
+                  ", ".join(d.names[:3]), d.device_type or "?", str(d.dhcp.get("vendor_class", "")),
+                  f"{d.packets:,}")
+    Console().print(t)
+    return 0
+
+
+# -- score ------------------------------------------------------------------------------------------
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from iotsentry.pipeline import AnalysisConfig, Analyzer
+
+    paths = _check_inputs([args.input])
+    an = Analyzer(paths, AnalysisConfig(learn_seconds=args.learn_seconds))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh, _ProgressBar(_total_bytes(paths)) as bar:
+        fh.write("index,ts,device,score\n")
+
+        def sink(batch: Any, device: Any, scores: Any) -> None:
+            names = np.array([*(d.device_id for d in an.devices), ""], dtype=object)
+            dev = names[np.where(device >= 0, device, len(an.devices))]
+            lines = [
+                f"{i},{t:.6f},{d},{s:.6f}"
+                for i, t, d, s in zip(batch.index.tolist(), batch.ts.tolist(), dev.tolist(), scores.tolist(),
+                                      strict=True)
+            ]
+            fh.write("\n".join(lines))
+            fh.write("\n")
+
+        an.run(progress=bar, score_sink=sink)
+    print(f"{an.packets:,} packets scored -> {out}")
+    return 0
+
+
+# -- mix --------------------------------------------------------------------------------------------
+def cmd_mix(args: argparse.Namespace) -> int:
+    from iotsentry.evaluation.mix import mix_captures
+
+    summary = mix_captures(
+        args.benign, args.attack, attacker_ip=args.attacker, victim_ip=args.victim, at_fraction=args.at,
+        out=args.out, labels_out=args.labels, attack_log=args.attack_log,
+    )
+    print(json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else vars(summary), indent=2, default=str))
+    return 0
+
+
+# -- eval -------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from iotsentry.evaluation.q1 import run_q1
+
+    if args.benchmark != "q1":
+        raise IotSentryError(f"eval {args.benchmark}: not available yet (q1 is)")
+    run_q1(recipes=args.recipe, data_dir=Path(args.data), results=Path(args.results),
+           work_dir=Path(args.work_dir))
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from iotsentry.evaluation.synthetic_home import generate_home
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pcap = out / "smart-home.pcap"
+    truth = generate_home(pcap, seed=args.seed)
+    (out / "smart-home.truth.json").write_text(json.dumps(truth.to_dict(), indent=2, default=str))
+    print(f"generated {pcap} (seed {args.seed}); infected device: {truth.infected_mac} / {truth.infected_ip}")
+    ns = argparse.Namespace(
+        inputs=[str(pcap)], out_dir=str(out), db=None, alerts=None, report=None, sink=None,
+        learn_seconds=args.learn_seconds, site="demo", json=False,
+    )
+    return cmd_analyze(ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iotsentry", description="Network-side security for IoT fleets.")
+    p.add_argument("--version", action="version", version="iotsentry 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="inventory, baselines, alerts, HTML report, SQLite store")
+    a.add_argument("inputs", nargs="+", help="pcap / pcapng files")
+    a.add_argument("--out-dir", default=str(DEFAULT_OUT))
+    a.add_argument("--db", help="SQLite store (default OUT_DIR/iotsentry.db)")
+    a.add_argument("--alerts", help="EVE JSON lines file (default OUT_DIR/alerts.jsonl)")
+    a.add_argument("--report", help="HTML report (default OUT_DIR/report.html)")
+    a.add_argument("--sink", action="append", help="extra alert sink: syslog+udp://h:p, syslog+tcp://h:p, https://...")
+    a.add_argument("--learn-seconds", type=float, default=None, help="learning period (default: first half)")
+    a.add_argument("--site", default="default")
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("devices", help="the device inventory")
+    d.add_argument("inputs", nargs="+")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+
+    s = sub.add_parser("score", help="per-packet anomaly scores as CSV (index,ts,device,score)")
+    s.add_argument("input")
+    s.add_argument("--learn-seconds", type=float, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("mix", help="infection replay: a malicious host's traffic re-addressed onto a device")
+    m.add_argument("--benign", required=True)
+    m.add_argument("--attack", required=True)
+    m.add_argument("--attacker", required=True)
+    m.add_argument("--victim", required=True)
+    m.add_argument("--at", type=float, required=True, help="splice point as a fraction of the benign duration")
+    m.add_argument("--out", required=True)
+    m.add_argument("--labels", required=True)
+    m.add_argument("--attack-log", help="labeled Zeek conn log of the attack capture")
+    m.set_defaults(func=cmd_mix)
+
+    e = sub.add_parser("eval", help="benchmarks (BENCHMARKS.md)")
+    e.add_argument("benchmark", choices=["q1", "q2", "q3"])
+    e.add_argument("--recipe", action="append", help="D1, D2, ... (default: all)")
+    e.add_argument("--data", default=str(Path("..") / "shared" / "data"))
+    e.add_argument("--results", default="docs/results.md")
+    e.add_argument("--work-dir", default=str(DEFAULT_OUT / "eval"))
+    e.set_defaults(func=cmd_eval)
+
+    dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
+    dm.add_argument("--out-dir", default="demo-out")
+    dm.add_argument("--seed", type=int, default=7)
+    dm.add_argument("--learn-seconds", type=float, default=None)
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one clear line on stderr for every error the user can fix, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("always", CaptureDamaged)
+    warnings.showwarning = _warning_line
+    try:
+        return int(args.func(args))
+    except IotSentryError as e:
+        _eprint(f"iotsentry: error: {e}")
+        return 2
+    except OSError as e:
+        _eprint(f"iotsentry: error: {e.filename or ''}: {e.strerror or e}")
+        return 2
+    except KeyboardInterrupt:
+        _eprint("iotsentry: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Profile-deviation detector: new peers, new services, fan-out (scans), volume and rate.
+
+Two layers:
+
+* :class:`WindowProfileDetector` follows the detector contract on per-device window feature
+  rows (``features/windows.py``): it learns per-feature limits (``margin`` × the learned maximum,
+  never below a floor) and scores a row by its largest ratio to a limit. One instance per device
+  gives per-device thresholds; a score above 1 exceeds the device's learned range.
+* :class:`ProfileDetector` applies it to a site: it owns the :class:`Baseline`, scores every
+  packet (``packet_scores``) and every device window (``window_findings``), and explains each
+  finding in words. Devices whose baseline is not mature get only the absolute floors (scans,
+  floods), so short or young captures do not raise "new peer" noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.baseline.profile import Baseline, service_label
+from iotsentry.detectors.base import Detector, register
+from iotsentry.features.device_context import WINDOW_S, PacketContext
+from iotsentry.features.windows import WINDOW_FEATURES, WindowTable, window_table
+from iotsentry.schema import PacketBatch, ip_to_str
+
+F = {name: i for i, name in enumerate(WINDOW_FEATURES)}
+
+FLOORS_MATURE: dict[str, float] = {
+    "packets": 3000.0,
+    "bytes": 4_000_000.0,
+    "peers": 24.0,
+    "new_peers": 4.0,
+    "new_unnamed_peers": 0.5,
+    "services": 24.0,
+    "new_services": 3.0,
+    "initiations": 600.0,
+    "max_ports_per_peer": 24.0,
+    "max_peers_per_port": 24.0,
+    "syn_only": 120.0,
+}
+"""Smallest limits for a device with a mature baseline (a quiet device is not alerted for a
+few extra packets)."""
+
+FLOORS_IMMATURE: dict[str, float] = {
+    "packets": 30000.0,
+    "bytes": 40_000_000.0,
+    "peers": 100.0,
+    "new_peers": 100.0,
+    "new_unnamed_peers": 100.0,
+    "services": 100.0,
+    "new_services": 100.0,
+    "initiations": 3000.0,
+    "max_ports_per_peer": 100.0,
+    "max_peers_per_port": 100.0,
+    "syn_only": 1000.0,
+}
+"""Absolute limits that apply to every device: what no IoT device does in a minute."""
+
+CATEGORY: dict[str, str] = {
+    "packets": "flood",
+    "bytes": "volume",
+    "peers": "fan-out",
+    "new_peers": "new-peer",
+    "new_unnamed_peers": "c2",
+    "services": "fan-out",
+    "new_services": "new-service",
+    "initiations": "connection-burst",
+    "max_ports_per_peer": "port-scan",
+    "max_peers_per_port": "scan",
+    "syn_only": "scan",
+}
+
+DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services")
+
+
+@register
+class WindowProfileDetector(Detector):
+    """Per-feature learned limits on window rows; score = largest ratio of a value to its limit."""
+
+    name = "profile-window"
+    version = "1"
+
+    def __init__(self, margin: float = 2.0, mature: bool = True) -> None:
+        self.margin = margin
+        self.mature = mature
+
+    def fit(self, X: npt.NDArray[np.float64]) -> Self:
+        """Learn the limits from benign window rows (time order matters for discovery features)."""
+        X = np.asarray(X, dtype=np.float64).reshape(-1, len(WINDOW_FEATURES))
+        floors = FLOORS_MATURE if self.mature else FLOORS_IMMATURE
+        limits = np.array([floors[f] for f in WINDOW_FEATURES], dtype=np.float64)
+        if len(X):
+            learned = X.max(axis=0)
+            # discovery is high while a device is set up: use the settled second half only
+            tail = X[len(X) // 2 :]
+            for f in DISCOVERY_FEATURES:
+                learned[F[f]] = tail[:, F[f]].max() if len(tail) else 0.0
+            limits = np.maximum(limits, self.margin * learned)
+        if not self.mature:
+            limits = np.maximum(limits, np.array([FLOORS_IMMATURE[f] for f in WINDOW_FEATURES]))
+        self.limits_ = limits
+        return self
+
+    def ratios(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Each value divided by its limit."""
+        X = np.asarray(X, dtype=np.float64).reshape(-1, len(WINDOW_FEATURES))
+        return X / self.limits_
+
+    def score_samples(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Largest ratio per row (> 1 means outside the learned range)."""
+        r = self.ratios(X)
+        return r.max(axis=1) if r.shape[1] else np.zeros(len(r))
+
+
+@dataclass
+class Finding:
+    """One device window whose behaviour left its baseline (input to the alert policy)."""
+
+    device: int
+    device_id: str
+    ts: float
+    score: float
+    threshold: float
+    feature: str
+    category: str
+    reason: str
+    peer_ip: str
+    peer_port: int
+    proto: int
+    values: dict[str, float]
+
+
+def _squash(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return 1.0 - np.exp(-np.maximum(x, 0.0))
+
+
+class ProfileDetector:
+    """Site-level profile-deviation detection over packet batches (see module docstring)."""
+
+    name = "profile"
+    version = "1"
+
+    def __init__(self, baseline: Baseline, labels: list[str] | None = None, margin: float = 2.0) -> None:
+        self.baseline = baseline
+        self.labels = labels or list(baseline.device_ids)
+        self.margin = margin
+        self.window_models: list[WindowProfileDetector] = []
+        self.mature: list[bool] = []
+        self._learn_windows = np.zeros(0)
+        self._max_packets = np.zeros(0)
+        self._max_new = np.zeros(0)
+        self._new_peer = np.zeros(0, dtype=bool)
+
+    def fit(self) -> ProfileDetector:
+        """Freeze the baseline and fit one window model per device."""
+        if not self.baseline.frozen:
+            self.baseline.freeze()
+        self.window_models, self.mature = [], []
+        n = len(self.baseline.profiles)
+        self._learn_windows = np.zeros(n)
+        self._max_packets = np.zeros(n)
+        self._max_new = np.zeros(n)
+        for i, prof in enumerate(self.baseline.profiles):
+            mature = prof.maturity().mature
+            X = prof.matrix()
+            self.window_models.append(WindowProfileDetector(margin=self.margin, mature=mature).fit(X))
+            self.mature.append(mature)
+            self._learn_windows[i] = len(X)
+            if len(X):
+                self._max_packets[i] = X[:, F["packets"]].max()
+                self._max_new[i] = X[len(X) // 2 :, F["new_peers"]].max()
+        return self
+
+    def _ensure_devices(self, n: int) -> None:
+        while len(self.window_models) < n:
+            self.window_models.append(WindowProfileDetector(mature=False).fit(np.zeros((0, len(F)))))
+            self.mature.append(False)
+            self._learn_windows = np.append(self._learn_windows, 0.0)
+            self._max_packets = np.append(self._max_packets, 0.0)
+            self._max_new = np.append(self._max_new, 0.0)
+            if len(self.labels) < n:
+                self.labels.append(self.baseline.device_ids[len(self.labels)])
+
+    def evaluate(
+        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]
+    ) -> tuple[npt.NDArray[np.float64], WindowTable, npt.NDArray[np.float64]]:
+        """Score a batch: (per-packet scores, window table, per-window scores)."""
+        self._ensure_devices(len(self.baseline.profiles))
+        n = len(ctx)
+        valid = (ctx.device >= 0) & (batch.ip_version > 0)
+        pw = self.baseline.peer_windows(ctx)
+        sw = self.baseline.service_windows(ctx)
+        has_name, name_known, local = self.baseline.named(batch, ctx, ip_names)
+        known_peer = (pw > 0) | name_known | ~valid
+        table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid)
+        self._new_peer = ~known_peer & ~local
+        wscores = np.zeros(len(table))
+        for d in np.unique(table.device).tolist():
+            rows = table.device == d
+            wscores[rows] = self.window_models[d].score_samples(table.X[rows])
+        # per-packet score: novelty of the peer and service for this device, plus the
+        # device-window context (fan-out of new peers, rate against the learned maximum)
+        dev = np.maximum(ctx.device, 0)
+        W = self._learn_windows[dev] if len(self._learn_windows) else np.zeros(n)
+        denom = np.log1p(np.maximum(W, 1.0))
+        peer_c = np.where(name_known, np.maximum(pw, W / 2.0), pw)
+        s_peer = np.clip(1.0 - np.log1p(peer_c) / denom, 0.0, 1.0)
+        s_svc = np.clip(1.0 - np.log1p(sw) / denom, 0.0, 1.0)
+        s_unnamed = (~has_name & (pw == 0)).astype(np.float64)
+        g = table.group_of_packet
+        gi = np.maximum(g, 0)
+        new_in_win = table.col("new_peers")[gi] if len(table) else np.zeros(n)
+        pk_in_win = table.col("packets")[gi] if len(table) else np.zeros(n)
+        max_new = self._max_new[dev] if len(self._max_new) else np.zeros(n)
+        max_pk = self._max_packets[dev] if len(self._max_packets) else np.zeros(n)
+        s_fan = _squash(new_in_win / (3.0 * (max_new + 1.0)))
+        s_rate = _squash(pk_in_win / (3.0 * (max_pk + 10.0)))
+        scores = 2.0 * s_peer + s_svc + 0.5 * s_unnamed + 0.5 * s_fan + 0.5 * s_rate
+        scores = np.where(valid, scores, 0.0)
+        if len(table):
+            scores = scores + 0.25 * (wscores[gi] > 1.0)
+        scores = np.where(ctx.device >= 0, scores, 0.0)
+        return scores.astype(np.float64), table, wscores
+
+    def findings(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        table: WindowTable,
+        wscores: npt.NDArray[np.float64],
+    ) -> list[Finding]:
+        """Explain every window whose score exceeds 1 (its device's learned range)."""
+        out: list[Finding] = []
+        for r in np.flatnonzero(wscores > 1.0).tolist():
+            d = int(table.device[r])
+            model = self.window_models[d]
+            ratios = model.ratios(table.X[r])[0]
+            j = int(np.argmax(ratios))
+            feat = WINDOW_FEATURES[j]
+            pk = np.flatnonzero(table.group_of_packet == r)
+            out.append(self._explain(batch, ctx, d, r, feat, float(wscores[r]), pk, table))
+        return out
+
+    def _explain(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        d: int,
+        r: int,
+        feat: str,
+        score: float,
+        pk: npt.NDArray[np.int64],
+        table: WindowTable,
+    ) -> Finding:
+        prof = self.baseline.profiles[d]
+        label = self.labels[d] if d < len(self.labels) else prof.device_id
+        x = {f: float(table.X[r, F[f]]) for f in WINDOW_FEATURES}
+        limit = float(self.window_models[d].limits_[F[feat]])
+        # the dominant peer and port of the window's outbound initiations (or all packets)
+        sel = pk[ctx.initiation[pk]] if ctx.initiation[pk].any() else pk
+        if feat in ("new_peers", "new_unnamed_peers") and len(self._new_peer) == len(ctx):
+            fresh = pk[self._new_peer[pk]]
+            if len(fresh):
+                sel = fresh
+        ports = np.where(ctx.outbound[sel], batch.dst_port[sel], batch.src_port[sel])
+        port = int(np.bincount(ports).argmax()) if len(ports) else 0
+        hi, lo = ctx.peer_hi[sel], ctx.peer_lo[sel]
+        keys = hi ^ (lo * np.uint64(31))
+        uk, first, cnt = np.unique(keys, return_index=True, return_counts=True)
+        top = int(sel[first[int(np.argmax(cnt))]]) if len(uk) else int(pk[0])
+        peer_ip = ip_to_str(ctx.peer_hi[top], ctx.peer_lo[top])
+        proto = int(batch.proto[top])
+        n_base = len(prof.peers)
+        base = f"baseline: {n_base} peers, services {prof.top_services()}"
+        if not (self.mature[d] if d < len(self.mature) else False):
+            base += f" (baseline not mature: {prof.maturity().reason})"
+        span = f"in {WINDOW_S:.0f} s"
+        if feat in ("max_peers_per_port", "syn_only", "peers"):
+            reason = (
+                f"{label} contacted {int(x['peers'])} hosts ({int(x['new_peers'])} new) "
+                f"{span}, {int(x['max_peers_per_port'])} on port {port}, {int(x['syn_only'])} unanswered "
+                f"SYNs; {base}"
+            )
+        elif feat == "max_ports_per_peer":
+            reason = f"{label} probed {int(x['max_ports_per_peer'])} ports of {peer_ip} {span}; {base}"
+        elif feat in ("packets", "bytes", "initiations"):
+            reason = (
+                f"{label} sent {int(x['packets'])} packets / {int(x['bytes'])} bytes {span} "
+                f"(limit {limit:.0f} {feat}), mostly to {peer_ip}:{port}; "
+                f"learned max {int(self._max_packets[d])} packets per window; {base}"
+            )
+        elif feat == "new_unnamed_peers":
+            reason = (
+                f"{label} contacted {int(x['new_unnamed_peers'])} new host(s) by bare IP, no DNS name "
+                f"(e.g. {peer_ip}:{port}/{service_label(proto, port).split('/')[0].lower()}); {base}"
+            )
+        elif feat == "new_services":
+            reason = f"{label} used {int(x['new_services'])} new service(s) (e.g. port {port} on {peer_ip}); {base}"
+        else:
+            reason = f"{label} contacted {int(x['new_peers'])} new host(s) {span} (e.g. {peer_ip}:{port}); {base}"
+        return Finding(
+            device=d,
+            device_id=prof.device_id,
+            ts=float(batch.ts[pk[-1]]),
+            score=score,
+            threshold=1.0,
+            feature=feat,
+            category=CATEGORY[feat],
+            reason=reason,
+            peer_ip=peer_ip,
+            peer_port=port,
+            proto=proto,
+            values=x,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Limits per device (JSON-ready)."""
+        return {
+            self.baseline.device_ids[i]: {
+                "mature": self.mature[i],
+                "limits": dict(zip(WINDOW_FEATURES, m.limits_.tolist(), strict=True)),
+            }
+            for i, m in enumerate(self.window_models)
+        }

@@ -14,7 +14,8 @@ from typing import Any
 MIN_OBSERVED_S = 600.0
 MIN_WINDOWS = 5
 RECENT_SHARE = 0.25
-MAX_RECENT_FRACTION = 0.2
+MAX_RECENT_FRACTION = 0.1
+UNIFORM_FRACTION = RECENT_SHARE
 MATURE_AT = 0.7
 
 
@@ -45,7 +46,9 @@ def maturity_of(first_ts: float, last_ts: float, discoveries: list[float], windo
     recent = sum(1 for t in discoveries if t >= cutoff)
     time_part = min(1.0, span / MIN_OBSERVED_S) * min(1.0, windows / MIN_WINDOWS)
     frac = recent / total if total else 0.0
-    flat_part = 1.0 if frac <= MAX_RECENT_FRACTION else max(0.0, 1.0 - (frac - MAX_RECENT_FRACTION) / 0.8)
+    # a steady discovery rate puts RECENT_SHARE of discoveries in the recent part: score 0 there
+    slope = UNIFORM_FRACTION - MAX_RECENT_FRACTION
+    flat_part = 1.0 if frac <= MAX_RECENT_FRACTION else max(0.0, 1.0 - (frac - MAX_RECENT_FRACTION) / slope)
     score = round(time_part * flat_part, 3)
     mature = score >= MATURE_AT and span >= MIN_OBSERVED_S and windows >= MIN_WINDOWS
     if span < MIN_OBSERVED_S:

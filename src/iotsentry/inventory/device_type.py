@@ -14,7 +14,7 @@ _RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("thermostat", ("thermostat", "nest", "ecobee", "tado"), ("nest labs", "ecobee")),
     ("speaker", ("echo", "alexa", "sonos", "googlehome", "google-home", "homepod"), ("sonos",)),
     ("tv", ("tv", "roku", "chromecast", "firetv", "bravia"), ("roku",)),
-    ("plug", ("plug", "hs100", "hs110", "sp-1101", "sp-2101", "wemo", "switch", "dsp-w215"), ()),
+    ("plug", ("plug", "hs100", "hs110", "sp-1101", "sp-2101", "wemo", "switch", "dsp-w215"), ("belkin",)),
     ("hub", ("hue", "bridge", "hub", "gateway", "lightify", "smartthings", "homematic", "max!"), ()),
     ("scale", ("aria", "withings", "scale"), ("withings",)),
     ("kettle", ("kettle", "coffee", "smarter"), ()),

@@ -55,8 +55,6 @@ def ip_to_str(hi: int, lo: int) -> str:
     h, lo_ = int(hi), int(lo)
     if h == 0 and (lo_ >> 32) == 0xFFFF:
         return str(ipaddress.IPv4Address(lo_ & 0xFFFFFFFF))
-    if h == 0 and lo_ == 0:
-        return ""
     return str(ipaddress.IPv6Address((h << 64) | lo_))
 
 

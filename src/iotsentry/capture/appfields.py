@@ -1,0 +1,390 @@
+"""Application fields the device inventory needs (DHCP, DNS/mDNS, SSDP, HTTP, TLS SNI).
+
+:func:`extract_app_events` takes a :class:`~iotsentry.schema.PacketBatch` read with raw frame
+bytes, picks the few candidate packets with vectorised masks on protocol, ports and the first
+payload bytes, and parses only those with dpkt:
+
+=========  =========================================  ============================================
+kind       candidates                                 ``fields``
+=========  =========================================  ============================================
+``dhcp``   UDP, both ports in {67, 68}                ``msg_type`` (int, 1 = DISCOVER ... 8 =
+                                                      INFORM, None for plain BOOTP),
+                                                      ``hostname`` (opt 12), ``vendor_class``
+                                                      (60), ``param_req_list`` (55, list of
+                                                      int), ``requested_ip`` (50), ``client_mac``
+                                                      (chaddr), ``yiaddr``, ``server_id`` (54);
+                                                      ``fqdn`` (81) only when present
+``dns``    UDP port 53                                ``queries`` (names), ``answers`` (list of
+``mdns``   UDP port 5353                              ``{name, type, value}`` for A, AAAA, PTR,
+                                                      CNAME, SRV (+ ``port``), TXT (value is a
+                                                      list of strings) from the answer, authority
+                                                      and additional sections), ``is_response``
+``ssdp``   UDP port 1900                              ``method`` (``M-SEARCH``, ``NOTIFY`` or
+                                                      ``RESPONSE``), ``server``, ``usn``,
+                                                      ``location``, ``st``, ``nt``, ``user_agent``
+                                                      (``User-Agent``, else ``X-User-Agent``)
+``http``   TCP payload starting with an HTTP method   ``method``, ``uri``, ``host``, ``user_agent``
+``tls``    TCP payload starting with a TLS handshake  ``sni`` (events only for ClientHellos that
+           record (0x16 0x03) holding a ClientHello   carry a server_name)
+=========  =========================================  ============================================
+
+Text values are decoded as UTF-8 (invalid bytes replaced); absent optional values are None.
+Packets that do not parse (truncated, fragmented, not the protocol the port suggests) are
+skipped and counted in :class:`AppFieldStats`; nothing here raises on packet contents.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dpkt
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.schema import AppEvent, PacketBatch, ip_to_str, mac_to_str
+
+__all__ = ["KINDS", "AppFieldStats", "extract_app_events"]
+
+KINDS = ("dhcp", "dns", "mdns", "ssdp", "http", "tls")
+"""Event kinds produced, in the order candidates are classified."""
+
+_HTTP_METHODS = (b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")
+_HTTP_PREFIXES = np.array([int.from_bytes((m + b" ")[:4], "big") for m in _HTTP_METHODS], dtype=np.uint32)
+_HEAD = 6  # payload bytes looked at by the vectorised TCP classifier
+
+_PARSE_ERRORS = (
+    dpkt.Error,
+    dpkt.ssl.SSL3Exception,
+    struct.error,
+    IndexError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+
+_DNS_TYPES = {
+    dpkt.dns.DNS_A: "A",
+    dpkt.dns.DNS_AAAA: "AAAA",
+    dpkt.dns.DNS_PTR: "PTR",
+    dpkt.dns.DNS_CNAME: "CNAME",
+    dpkt.dns.DNS_SRV: "SRV",
+    dpkt.dns.DNS_TXT: "TXT",
+}
+
+
+@dataclass
+class AppFieldStats:
+    """Counts per kind: candidate packets, events produced, and candidates that failed to parse."""
+
+    candidates: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate selection (vectorised)
+# ---------------------------------------------------------------------------------------------
+
+
+def _payload_bounds(batch: PacketBatch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Start and end (exclusive) of each row's captured L4 payload in ``batch.raw``."""
+    assert batch.raw_off is not None
+    frame_start = batch.raw_off[:-1].astype(np.int64)
+    frame_end = batch.raw_off[1:].astype(np.int64)
+    off = batch.payload_off.astype(np.int64)
+    start = frame_start + off
+    end = np.minimum(start + batch.payload_len.astype(np.int64), frame_end)
+    empty = (off == 0) | (end <= start)
+    end[empty] = start[empty]
+    return start, end
+
+
+def classify(batch: PacketBatch) -> npt.NDArray[np.int8]:
+    """Kind of each row as an index into :data:`KINDS`, or -1 for rows not worth parsing.
+
+    Uses only numpy operations on the columns and the first payload bytes.
+    """
+    if batch.raw is None or batch.raw_off is None:
+        raise ValueError("extracting application fields needs a PacketBatch read with raw bytes")
+    n = len(batch)
+    kind = np.full(n, -1, dtype=np.int8)
+    if n == 0:
+        return kind
+    start, end = _payload_bounds(batch)
+    has = end > start
+    nonfirst_frag = (batch.frag & 2) != 0
+    sp, dp = batch.src_port, batch.dst_port
+    udp = (batch.proto == 17) & has & ~nonfirst_frag
+    tcp = (batch.proto == 6) & has & ~nonfirst_frag
+
+    def port(p: int) -> npt.NDArray[np.bool_]:
+        return (sp == p) | (dp == p)
+
+    dhcp_ports = ((sp == 67) | (sp == 68)) & ((dp == 67) | (dp == 68))
+    kind[udp & port(1900)] = KINDS.index("ssdp")
+    kind[udp & port(53)] = KINDS.index("dns")
+    kind[udp & port(5353)] = KINDS.index("mdns")
+    kind[udp & dhcp_ports] = KINDS.index("dhcp")
+
+    rows = np.nonzero(tcp & (end - start >= 4))[0]
+    if len(rows):
+        avail = (end - start)[rows]
+        idx = start[rows, None] + np.arange(_HEAD)
+        head = batch.raw[np.minimum(idx, end[rows, None] - 1)].astype(np.uint32)
+        head[np.arange(_HEAD)[None, :] >= avail[:, None]] = 0
+        first4 = (head[:, 0] << 24) | (head[:, 1] << 16) | (head[:, 2] << 8) | head[:, 3]
+        http = np.isin(first4, _HTTP_PREFIXES)
+        tls = (head[:, 0] == 0x16) & (head[:, 1] == 0x03) & (head[:, 5] == 0x01) & (avail >= _HEAD)
+        kind[rows[http]] = KINDS.index("http")
+        kind[rows[tls]] = KINDS.index("tls")
+    return kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers (one payload each; raise one of _PARSE_ERRORS on damage)
+# ---------------------------------------------------------------------------------------------
+
+
+def _text(b: bytes) -> str:
+    return b.rstrip(b"\x00").decode("utf-8", "replace")
+
+
+def _ipv4(b: bytes) -> str:
+    if len(b) != 4:
+        raise ValueError("IPv4 option of wrong length")
+    return str(ipaddress.IPv4Address(b))
+
+
+def _dhcp_fqdn(data: bytes) -> str:
+    """Option 81 (RFC 4702): flags, two rcodes, then the name (DNS wire format if E is set)."""
+    flags, name = data[0], data[3:]
+    if flags & 0x04:
+        labels: list[str] = []
+        i = 0
+        while i < len(name) and name[i]:
+            n = name[i]
+            labels.append(_text(name[i + 1 : i + 1 + n]))
+            i += 1 + n
+        return ".".join(labels)
+    return _text(name).rstrip(".")
+
+
+def parse_dhcp(payload: bytes) -> dict[str, Any]:
+    """DHCP/BOOTP fields of one UDP payload (see the module docstring)."""
+    d = dpkt.dhcp.DHCP(payload)
+    if d.magic != dpkt.dhcp.DHCP_MAGIC:
+        raise ValueError("no DHCP magic cookie")
+    opts: dict[int, bytes] = {}
+    for code, data in d.opts:
+        opts.setdefault(code, bytes(data))
+    chaddr = bytes(d.chaddr)
+    mt = opts.get(dpkt.dhcp.DHCP_OPT_MSGTYPE)
+    out: dict[str, Any] = {
+        "msg_type": mt[0] if mt else None,
+        "hostname": _text(opts[12]) if 12 in opts else None,
+        "vendor_class": _text(opts[60]) if 60 in opts else None,
+        "param_req_list": list(opts[55]) if 55 in opts else None,
+        "requested_ip": _ipv4(opts[50]) if 50 in opts else None,
+        "client_mac": mac_to_str(int.from_bytes(chaddr[:6], "big")) if len(chaddr) >= 6 else chaddr.hex(),
+        "yiaddr": str(ipaddress.IPv4Address(d.yiaddr)),
+        "server_id": _ipv4(opts[54]) if 54 in opts else None,
+    }
+    if 81 in opts and len(opts[81]) >= 3:
+        out["fqdn"] = _dhcp_fqdn(opts[81])
+    return out
+
+
+class _DNS(dpkt.dns.DNS):  # type: ignore[misc]
+    """dpkt's DNS, but keeping records of types dpkt cannot decode (e.g. mDNS NSEC) as raw."""
+
+    def unpack_rr(self, buf: bytes, off: int) -> tuple[Any, int]:
+        rr = self.RR()
+        rr.name, off = dpkt.dns.unpack_name(buf, off)
+        rr.type, rr.cls, rr.ttl, rdlen = struct.unpack(">HHIH", buf[off : off + 10])
+        off += 10
+        rr.rdata = buf[off : off + rdlen]
+        rr.rlen = rdlen
+        if len(rr.rdata) != rdlen:
+            raise dpkt.NeedData("DNS record runs past the end of the packet")
+        if rr.type in _DNS_TYPES:
+            rr.unpack_rdata(buf, off)
+        return rr, off + rdlen
+
+
+def _dns_answer(rr: Any) -> dict[str, Any] | None:
+    t = _DNS_TYPES.get(rr.type)
+    if t is None:
+        return None
+    ans: dict[str, Any] = {"name": rr.name, "type": t}
+    if t == "A":
+        ans["value"] = _ipv4(rr.ip)
+    elif t == "AAAA":
+        ans["value"] = str(ipaddress.IPv6Address(rr.ip6))
+    elif t == "PTR":
+        ans["value"] = rr.ptrname
+    elif t == "CNAME":
+        ans["value"] = rr.cname
+    elif t == "SRV":
+        ans["value"] = rr.srvname
+        ans["port"] = int(rr.port)
+    else:
+        ans["value"] = list(rr.text)
+    return ans
+
+
+def parse_dns(payload: bytes) -> dict[str, Any]:
+    """DNS/mDNS names of one UDP payload (see the module docstring)."""
+    d = _DNS(payload)
+    answers = []
+    for rr in [*d.an, *d.ns, *d.ar]:
+        ans = _dns_answer(rr)
+        if ans is not None:
+            answers.append(ans)
+    return {
+        "queries": [q.name for q in d.qd],
+        "answers": answers,
+        "is_response": bool(d.qr == dpkt.dns.DNS_R),
+    }
+
+
+def _headers(payload: bytes) -> tuple[list[str], dict[str, str]]:
+    """Start line (split in three) and lower-cased headers (first value of repeated ones)."""
+    first, sep, rest = payload.partition(b"\n")
+    if not sep:
+        raise ValueError("no header lines")
+    start = first.rstrip(b"\r").decode("ascii").split(" ", 2)
+    if len(start) != 3:
+        raise ValueError("bad start line")
+    raw = dpkt.http.parse_headers(io.BytesIO(rest))
+    headers = {k: (v[0] if isinstance(v, list) else v) for k, v in raw.items()}
+    return start, headers
+
+
+def parse_ssdp(payload: bytes) -> dict[str, Any]:
+    """SSDP (HTTP over UDP) start line and headers of one UDP payload."""
+    start, h = _headers(payload)
+    if start[0].startswith("HTTP/"):
+        method = "RESPONSE"
+    elif start[2].startswith("HTTP/"):
+        method = start[0]
+    else:
+        raise ValueError("not an SSDP message")
+    return {
+        "method": method,
+        "server": h.get("server"),
+        "usn": h.get("usn"),
+        "location": h.get("location"),
+        "st": h.get("st"),
+        "nt": h.get("nt"),
+        "user_agent": h.get("user-agent") or h.get("x-user-agent"),
+    }
+
+
+def parse_http(payload: bytes) -> dict[str, Any]:
+    """Request line, Host and User-Agent of an HTTP request at the start of a TCP payload."""
+    start, h = _headers(payload)
+    if start[0].encode() not in _HTTP_METHODS or not start[2].startswith("HTTP/"):
+        raise ValueError("not an HTTP request")
+    return {"method": start[0], "uri": start[1], "host": h.get("host"), "user_agent": h.get("user-agent")}
+
+
+def parse_tls_sni(payload: bytes) -> dict[str, Any] | None:
+    """Server name of a TLS ClientHello at the start of a TCP payload (None when it has none)."""
+    rec = dpkt.ssl.TLSRecord(payload)
+    if rec.type != 22:
+        raise ValueError("not a handshake record")
+    hs = dpkt.ssl.TLSHandshake(rec.data)
+    if hs.type != 1:
+        raise ValueError("not a ClientHello")
+    for ext_type, data in getattr(hs.data, "extensions", []):
+        if ext_type != 0:
+            continue
+        names, _ = dpkt.ssl.parse_variable_array(data, 2)
+        i = 0
+        while i + 3 <= len(names):
+            name_type = names[i]
+            name, used = dpkt.ssl.parse_variable_array(names[i + 1 :], 2)
+            if name_type == 0:
+                return {"sni": name.decode("ascii", "replace")}
+            i += 1 + used
+    return None
+
+
+_PARSERS: dict[str, Callable[[bytes], dict[str, Any] | None]] = {
+    "dhcp": parse_dhcp,
+    "dns": parse_dns,
+    "mdns": parse_dns,
+    "ssdp": parse_ssdp,
+    "http": parse_http,
+    "tls": parse_tls_sni,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -> list[AppEvent]:
+    """Application events (DHCP, DNS, mDNS, SSDP, HTTP, TLS SNI) of a batch, in frame order.
+
+    Parameters
+    ----------
+    batch
+        Packets read with raw frame bytes (``batch.raw``/``batch.raw_off``).
+    stats
+        If given, candidate/event/malformed counts per kind are added to it.
+
+    Returns
+    -------
+    list of AppEvent
+        One event per successfully parsed candidate packet (TLS: per ClientHello with SNI).
+
+    Raises
+    ------
+    ValueError
+        If the batch carries no raw bytes (a programming error, not bad input).
+    """
+    kind = classify(batch)
+    rows = np.nonzero(kind >= 0)[0]
+    if not len(rows):
+        return []
+    assert batch.raw is not None
+    start, end = _payload_bounds(batch)
+    raw = batch.raw
+    events: list[AppEvent] = []
+    for i in rows.tolist():
+        k = KINDS[kind[i]]
+        if stats is not None:
+            stats.candidates[k] += 1
+        payload = raw[start[i] : end[i]].tobytes()
+        try:
+            fields = _PARSERS[k](payload)
+        except _PARSE_ERRORS:
+            if stats is not None:
+                stats.malformed[k] += 1
+            continue
+        if fields is None:
+            continue
+        if stats is not None:
+            stats.events[k] += 1
+        events.append(
+            AppEvent(
+                index=int(batch.index[i]),
+                ts=float(batch.ts[i]),
+                kind=k,
+                src_mac=int(batch.src_mac[i]),
+                dst_mac=int(batch.dst_mac[i]),
+                src_ip=ip_to_str(batch.src_ip_hi[i], batch.src_ip_lo[i]),
+                dst_ip=ip_to_str(batch.dst_ip_hi[i], batch.dst_ip_lo[i]),
+                fields=fields,
+            )
+        )
+    return events

@@ -1,1 +1,24 @@
-"""alerts stage of iotsentry."""
+"""alerts stage of iotsentry: the alert policy (scores -> Alert) and the alert sinks."""
+
+from __future__ import annotations
+
+from iotsentry.alerts.jsonl import JsonlSink
+from iotsentry.alerts.memory import MemorySink
+from iotsentry.alerts.policy import AlertPolicy, alert_dedup_key, flow_id_for, severity_for
+from iotsentry.alerts.sinks import AlertSink, SinkURIError, sink_from_uri
+from iotsentry.alerts.syslog import SyslogSink
+from iotsentry.alerts.webhook import WebhookSink
+
+__all__ = [
+    "AlertPolicy",
+    "AlertSink",
+    "JsonlSink",
+    "MemorySink",
+    "SinkURIError",
+    "SyslogSink",
+    "WebhookSink",
+    "alert_dedup_key",
+    "flow_id_for",
+    "severity_for",
+    "sink_from_uri",
+]

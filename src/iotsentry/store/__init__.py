@@ -1,1 +1,17 @@
-"""store stage of iotsentry."""
+"""store stage of iotsentry: the SQLite database of runs, devices, baselines and alerts."""
+
+from __future__ import annotations
+
+from iotsentry.store.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate, schema_version
+from iotsentry.store.sqlite import Store, StoredAlert, merge_devices
+
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "SchemaTooNew",
+    "Store",
+    "StoredAlert",
+    "merge_devices",
+    "migrate",
+    "schema_version",
+]

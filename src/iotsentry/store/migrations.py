@@ -1,0 +1,163 @@
+"""Versioned schema migrations for the SQLite store.
+
+The schema is an ordered list of :class:`Migration` steps; step ``i`` (0-based) brings the
+database to version ``i + 1``. ``PRAGMA user_version`` records the version applied, so opening
+an older database applies only the missing steps, each in its own transaction together with the
+version bump (a step is either fully applied or not at all). A database whose version is newer
+than the code knows is refused with :class:`SchemaTooNew` rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from iotsentry.errors import IotSentryError
+
+
+class SchemaTooNew(IotSentryError):
+    """The database was written by a newer iotsentry than this one."""
+
+    def __init__(self, found: int, known: int) -> None:
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"store schema version {found} is newer than this iotsentry supports ({known}); "
+            "upgrade iotsentry or use another database file"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: a description and the SQL statements that perform it (in order)."""
+
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "initial schema: runs, devices, baselines, alerts",
+        (
+            """
+            CREATE TABLE runs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                started REAL NOT NULL,
+                finished REAL,
+                command TEXT NOT NULL,
+                inputs TEXT NOT NULL DEFAULT '[]',
+                status TEXT NOT NULL DEFAULT 'running',
+                stats TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            """
+            CREATE TABLE devices (
+                device_id TEXT PRIMARY KEY,
+                mac TEXT,
+                vendor TEXT,
+                device_type TEXT,
+                names TEXT NOT NULL DEFAULT '[]',
+                ips TEXT NOT NULL DEFAULT '[]',
+                dhcp TEXT NOT NULL DEFAULT '{}',
+                first_seen REAL NOT NULL DEFAULT 0,
+                last_seen REAL NOT NULL DEFAULT 0,
+                packets INTEGER NOT NULL DEFAULT 0,
+                bytes INTEGER NOT NULL DEFAULT 0,
+                is_gateway INTEGER NOT NULL DEFAULT 0,
+                extra TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            """
+            CREATE TABLE baselines (
+                device_id TEXT NOT NULL,
+                run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+                profile TEXT NOT NULL DEFAULT '{}',
+                maturity REAL NOT NULL DEFAULT 0,
+                mature INTEGER NOT NULL DEFAULT 0,
+                updated REAL NOT NULL,
+                UNIQUE (device_id, run_id)
+            )
+            """,
+            "CREATE INDEX baselines_device ON baselines (device_id, updated)",
+            """
+            CREATE TABLE alerts (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+                ts REAL NOT NULL,
+                device_id TEXT NOT NULL,
+                site_id TEXT NOT NULL,
+                detector TEXT NOT NULL,
+                detector_version TEXT NOT NULL DEFAULT '',
+                category TEXT NOT NULL,
+                severity INTEGER NOT NULL,
+                score REAL NOT NULL,
+                threshold REAL NOT NULL,
+                src_ip TEXT NOT NULL DEFAULT '',
+                src_port INTEGER NOT NULL DEFAULT 0,
+                dest_ip TEXT NOT NULL DEFAULT '',
+                dest_port INTEGER NOT NULL DEFAULT 0,
+                proto TEXT NOT NULL DEFAULT '',
+                flow_id INTEGER NOT NULL DEFAULT 0,
+                reason TEXT NOT NULL DEFAULT '',
+                eve TEXT NOT NULL,
+                dedup_key TEXT NOT NULL UNIQUE,
+                count INTEGER NOT NULL DEFAULT 1,
+                first_ts REAL NOT NULL,
+                last_ts REAL NOT NULL,
+                acknowledged INTEGER NOT NULL DEFAULT 0,
+                assignee TEXT
+            )
+            """,
+            "CREATE INDEX alerts_device ON alerts (device_id, last_ts)",
+            "CREATE INDEX alerts_last_ts ON alerts (last_ts)",
+        ),
+    ),
+)
+"""The schema steps of this version of iotsentry, oldest first. Append, never edit."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in ``PRAGMA user_version`` (0 for a new database)."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, steps: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the steps the database has not seen yet and return the resulting version.
+
+    Parameters
+    ----------
+    conn
+        A connection in autocommit mode (``isolation_level=None``); each step runs in its own
+        ``BEGIN IMMEDIATE`` transaction, so concurrent openers do not apply a step twice.
+    steps
+        The ordered schema steps (tests may pass a longer list than :data:`MIGRATIONS`).
+
+    Raises
+    ------
+    SchemaTooNew
+        When the database records a version beyond ``len(steps)``.
+    """
+    known = len(steps)
+    current = schema_version(conn)
+    if current > known:
+        raise SchemaTooNew(current, known)
+    while current < known:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another connection may have migrated meanwhile.
+            current = schema_version(conn)
+            if current > known:
+                raise SchemaTooNew(current, known)
+            if current < known:
+                for sql in steps[current].statements:
+                    conn.execute(sql)
+                current += 1
+                conn.execute(f"PRAGMA user_version = {int(current)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return current

@@ -176,7 +176,8 @@ class Analyzer:
             detect = (table.window * WINDOW_S) >= t_end
             if detect.any():
                 ws = np.where(detect, wscores, 0.0)
-                for f in detector.findings(b, ctx, table, ws):
+                found = detector.findings(b, ctx, table, ws) + detector.schedule_findings(b, ctx, names, t_end)
+                for f in found:
                     dev_ip = devices[f.device].ips[0] if devices[f.device].ips else ""
                     policy.make(
                         ts=f.ts,
@@ -202,6 +203,10 @@ class Analyzer:
             s = prof.summary()
             s["limits"] = dict(zip(detector.summary()[prof.device_id]["limits"], model.limits_.tolist(), strict=True))
             s["mature"] = mature
+            s["schedules"] = [
+                {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
+                for x in baseline.periodicity.device_schedules(baseline.device_ids.index(prof.device_id))
+            ]
             baselines[prof.device_id] = s
         timelines = {
             baseline.device_ids[d]: {

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.baseline.maturity import Maturity, maturity_of
+from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
 from iotsentry.features.device_context import PacketContext, mix_keys
 from iotsentry.features.windows import WINDOW_FEATURES, window_table
 from iotsentry.inventory.addresses import is_local, is_multicast
@@ -71,6 +72,7 @@ class DeviceProfile:
             ],
             "peer_count": len(self.peers),
             "services": [{"service": s, "windows": n} for s, n in self.services.most_common(32)],
+            "schedules": [],
             "window_s": 60,
             "windows": len(self.windows),
             "per_window": vol,
@@ -102,6 +104,7 @@ class Baseline:
         self._svc_win: dict[int, int] = {}
         self._names: dict[int, set[str]] = defaultdict(set)
         self._frozen = False
+        self.periodicity = PeriodicityTracker()
         self._peer_keys = np.zeros(0, np.uint64)
         self._peer_counts = np.zeros(0, np.float64)
         self._svc_keys = np.zeros(0, np.uint64)
@@ -168,6 +171,8 @@ class Baseline:
             prof = self.profiles[int(table.device[r])]
             prof.windows.append(table.X[r])
             prof.window_ts.append(float(table.window[r]) * 60.0)
+        keys, rows = connection_starts(batch.ts, ctx, valid)
+        self.periodicity.learn(keys, batch.ts[rows].tolist(), self.series_labels(ctx, rows, ip_names))
         self._account_pairs(pk, ctx, valid, batch, ip_names, kind="peer")
         self._account_pairs(sk, ctx, valid, batch, ip_names, kind="service")
         # time span per device
@@ -238,9 +243,21 @@ class Baseline:
             else:
                 prof.services[service_label(ctx.proto[i], ctx.service[i])] += int(c)
 
+    @staticmethod
+    def series_labels(
+        ctx: PacketContext, rows: npt.NDArray[np.int64], ip_names: dict[str, str]
+    ) -> list[tuple[int, str, str]]:
+        """(device, peer name or address, service) of the given packet rows."""
+        out = []
+        for r in rows.tolist():
+            ip = ip_to_str(ctx.peer_hi[r], ctx.peer_lo[r])
+            out.append((int(ctx.device[r]), ip_names.get(ip, ip), service_label(ctx.proto[r], ctx.service[r])))
+        return out
+
     def freeze(self) -> None:
-        """End learning: build the vectorised lookup tables."""
+        """End learning: build the vectorised lookup tables and the learned schedules."""
         self._frozen = True
+        self.periodicity.freeze()
         self._peer_keys, self._peer_counts = _sorted_table(self._peer_win)
         self._svc_keys, self._svc_counts = _sorted_table(self._svc_win)
 

@@ -20,6 +20,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.baseline.periodicity import connection_starts
 from iotsentry.baseline.profile import Baseline, service_label
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features.device_context import WINDOW_S, PacketContext
@@ -153,6 +154,9 @@ class ProfileDetector:
         self._max_packets = np.zeros(0)
         self._max_new = np.zeros(0)
         self._new_peer = np.zeros(0, dtype=bool)
+        self._starts: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] = (
+            np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        self._starts_known = np.zeros(0, dtype=bool)
 
     def fit(self) -> ProfileDetector:
         """Freeze the baseline and fit one window model per device."""
@@ -197,6 +201,8 @@ class ProfileDetector:
         known_peer = (pw > 0) | name_known | ~valid
         table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid)
         self._new_peer = ~known_peer & ~local
+        self._starts = connection_starts(batch.ts, ctx, valid)
+        self._starts_known = (known_peer | local)[self._starts[1]]
         wscores = np.zeros(len(table))
         for d in np.unique(table.device).tolist():
             rows = table.device == d
@@ -315,6 +321,47 @@ class ProfileDetector:
             proto=proto,
             values=x,
         )
+
+    def schedule_findings(
+        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], detect_from: float
+    ) -> list[Finding]:
+        """New beacons and broken schedules seen in the batch last passed to :meth:`evaluate`."""
+        keys, rows = self._starts
+        sel = batch.ts[rows] >= detect_from
+        keys, rows, known = keys[sel], rows[sel], self._starts_known[sel]
+        per = self.baseline.periodicity
+        labels = self.baseline.series_labels(ctx, rows, ip_names)
+        out: list[Finding] = []
+        for _kind, t, s in per.observe(keys, batch.ts[rows].tolist(), labels, known.tolist()):
+            d = s.device
+            times = np.diff(np.asarray(getattr(s, "times", [0.0, 0.0])))
+            period = float(np.median(times)) if len(times) else 0.0
+            label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
+            prof = self.baseline.profiles[d]
+            peer_ip = s.peer
+            out.append(Finding(
+                device=d, device_id=prof.device_id, ts=t, score=2.0, threshold=1.0, feature="beacon",
+                category="c2", peer_ip=peer_ip, peer_port=int(s.service.split("/")[1]),
+                proto=6 if s.service.startswith("TCP") else 17,
+                reason=(f"{label} contacts new peer {s.peer} ({s.service}) every ~{period:.0f} s, "
+                        f"{len(getattr(s, 'times', []))} times so far: beacon-like schedule never seen in its "
+                        f"baseline; baseline: {len(prof.peers)} peers, services {prof.top_services()}"),
+                values={"period_s": period, "count": float(len(getattr(s, "times", [])))},
+            ))
+        if len(batch) and batch.ts[-1] >= detect_from:
+            active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
+            for _kind, t, sch in per.broken(float(batch.ts[-1]), active):
+                d = sch.device
+                label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
+                out.append(Finding(
+                    device=d, device_id=self.baseline.device_ids[d], ts=t, score=1.2, threshold=1.0,
+                    feature="schedule", category="silence", peer_ip=sch.peer,
+                    peer_port=int(sch.service.split("/")[1]), proto=6 if sch.service.startswith("TCP") else 17,
+                    reason=(f"{label} stopped its ~{sch.period_s:.0f} s check-ins to {sch.peer} ({sch.service}); "
+                            f"last one {t - sch.last_ts:.0f} s ago while the device is still active"),
+                    values={"period_s": sch.period_s, "silent_s": t - sch.last_ts},
+                ))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Limits per device (JSON-ready)."""

@@ -1,0 +1,166 @@
+"""Periodicity of connections: learned schedules, broken schedules, and new beacons.
+
+IoT devices check in with their servers on a schedule. While learning, the start times of
+connections per (device, peer, service) are kept (bounded); a series whose intervals are
+regular (median absolute deviation small against the median) is a *schedule*. During
+detection two things are reported:
+
+* a learned schedule that stops while the device is otherwise active ("broken periodicity");
+* a new peer contacted on a regular schedule ("beacon": the shape of C&C traffic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.features.device_context import PacketContext, mix_keys
+
+SESSION_GAP_S = 5.0
+"""Connection starts closer than this to the previous one of the same series are merged."""
+MAX_TIMES = 256
+MAX_NEW_SERIES = 4096
+MIN_INTERVALS = 4
+MAX_RELATIVE_MAD = 0.2
+MIN_PERIOD_S = 10.0
+SCHEDULE_MIN_STARTS = 9
+SCHEDULE_MIN_SPAN_S = 1800.0
+"""A learned schedule must have this many starts over this long before its silence is reported."""
+
+
+@dataclass
+class Schedule:
+    """A regular series of connection starts."""
+
+    device: int
+    peer: str
+    service: str
+    period_s: float
+    jitter_s: float
+    last_ts: float
+    count: int
+
+
+@dataclass
+class _Series:
+    device: int
+    peer: str
+    service: str
+    times: list[float] = field(default_factory=list)
+
+
+def regular_period(times: list[float]) -> tuple[float, float] | None:
+    """(median interval, MAD) when the series is regular enough, else None."""
+    if len(times) < MIN_INTERVALS + 1:
+        return None
+    iv = np.diff(np.asarray(times))
+    med = float(np.median(iv))
+    if med < MIN_PERIOD_S:
+        return None
+    mad = float(np.median(np.abs(iv - med)))
+    if mad > MAX_RELATIVE_MAD * med:
+        return None
+    return med, mad
+
+
+def connection_starts(
+    ts: npt.NDArray[np.float64], ctx: PacketContext, valid: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """Keys (device, peer, service) and packet rows of connection starts in a batch.
+
+    Outbound initiations (TCP SYN, UDP, ICMP echo) of the same series closer than
+    ``SESSION_GAP_S`` to the previous one are merged into one start.
+    """
+    rows = np.flatnonzero(valid & ctx.initiation)
+    if not len(rows):
+        return np.zeros(0, np.uint64), rows
+    key = mix_keys(
+        ctx.device[rows].astype(np.uint64), ctx.peer_hi[rows], ctx.peer_lo[rows],
+        (ctx.proto[rows].astype(np.uint64) << np.uint64(16)) | ctx.service[rows].astype(np.uint64),
+    )
+    order = np.lexsort((ts[rows], key))
+    k, r = key[order], rows[order]
+    t = ts[r]
+    start = np.ones(len(k), dtype=bool)
+    start[1:] = (k[1:] != k[:-1]) | (t[1:] - t[:-1] > SESSION_GAP_S)
+    return k[start], r[start]
+
+
+class PeriodicityTracker:
+    """Learns schedules, then watches for broken schedules and new beacons."""
+
+    def __init__(self) -> None:
+        self._learn: dict[int, _Series] = {}
+        self._new: dict[int, _Series] = {}
+        self.schedules: dict[int, Schedule] = {}
+        self._reported_beacons: set[int] = set()
+        self._reported_broken: set[int] = set()
+        self._svc_last: dict[tuple[int, str], float] = {}
+
+    @staticmethod
+    def _append(store: dict[int, _Series], key: int, series: _Series, t: float, limit: int | None) -> None:
+        s = store.get(key)
+        if s is None:
+            if limit is not None and len(store) >= limit:
+                return
+            s = store[key] = series
+        if s.times and t - s.times[-1] <= SESSION_GAP_S:
+            return
+        s.times.append(t)
+        if len(s.times) > MAX_TIMES:
+            del s.times[: len(s.times) - MAX_TIMES]
+
+    def learn(self, keys: npt.NDArray[np.uint64], ts: list[float], labels: list[tuple[int, str, str]]) -> None:
+        """Record connection starts of the learning period."""
+        for k, t, (dev, peer, svc) in zip(keys.tolist(), ts, labels, strict=True):
+            self._append(self._learn, k, _Series(dev, peer, svc), t, None)
+
+    def freeze(self) -> None:
+        """Turn regular learned series into schedules."""
+        for k, s in self._learn.items():
+            reg = regular_period(s.times)
+            long_enough = len(s.times) >= SCHEDULE_MIN_STARTS and s.times[-1] - s.times[0] >= SCHEDULE_MIN_SPAN_S
+            if reg is not None and long_enough:
+                self.schedules[k] = Schedule(s.device, s.peer, s.service, reg[0], reg[1], s.times[-1], len(s.times))
+
+    def observe(
+        self, keys: npt.NDArray[np.uint64], ts: list[float], labels: list[tuple[int, str, str]], known: list[bool]
+    ) -> list[tuple[str, float, _Series | Schedule]]:
+        """Account detection-time starts; returns new ``("beacon", ts, series)`` findings."""
+        out: list[tuple[str, float, _Series | Schedule]] = []
+        for k, t, (dev, peer, svc), kn in zip(keys.tolist(), ts, labels, known, strict=True):
+            self._svc_last[(dev, svc)] = max(self._svc_last.get((dev, svc), t), t)
+            sch = self.schedules.get(k)
+            if sch is not None:
+                sch.last_ts = max(sch.last_ts, t)
+                continue
+            if kn:
+                continue
+            self._append(self._new, k, _Series(dev, peer, svc), t, MAX_NEW_SERIES)
+            s = self._new.get(k)
+            if s is not None and k not in self._reported_beacons and regular_period(s.times) is not None:
+                self._reported_beacons.add(k)
+                out.append(("beacon", t, s))
+        return out
+
+    def broken(self, now: float, active_devices: set[int]) -> list[tuple[str, float, Schedule]]:
+        """Schedules silent for more than three periods (plus two minutes) on active devices.
+
+        Silence is judged per (device, service): a device that moves its check-ins to another
+        server of the same service (NTP pools, CDNs) keeps its schedule.
+        """
+        out: list[tuple[str, float, Schedule]] = []
+        for k, sch in self.schedules.items():
+            if k in self._reported_broken or sch.device not in active_devices:
+                continue
+            last = max(sch.last_ts, self._svc_last.get((sch.device, sch.service), sch.last_ts))
+            if now - last > 3.0 * sch.period_s + 120.0:
+                self._reported_broken.add(k)
+                out.append(("broken", now, sch))
+        return out
+
+    def device_schedules(self, device: int) -> list[Schedule]:
+        """The learned schedules of one device."""
+        return [s for s in self.schedules.values() if s.device == device]

@@ -334,6 +334,8 @@ class ProfileDetector:
         out: list[Finding] = []
         for _kind, t, s in per.observe(keys, batch.ts[rows].tolist(), labels, known.tolist()):
             d = s.device
+            if not (self.mature[d] if d < len(self.mature) else False):
+                continue  # every peer of a young baseline is new: no beacon verdicts there
             times = np.diff(np.asarray(getattr(s, "times", [0.0, 0.0])))
             period = float(np.median(times)) if len(times) else 0.0
             label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]

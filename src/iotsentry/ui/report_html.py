@@ -208,8 +208,13 @@ def _device_table(
     for d in ordered:
         mine = per_device.get(d.device_id, [])
         base = baselines.get(d.device_id)
-        if base is not None and base.get("maturity") is not None:
-            maturity = f"{float(base['maturity']):.2f}" + (" (mature)" if base.get("mature") else "")
+        mat = base.get("maturity") if base is not None else None
+        if isinstance(mat, Mapping):  # the pipeline's Maturity.to_dict(): score plus its reason
+            maturity = f"{float(mat.get('score', 0.0)):.2f}" + (" (mature)" if base and base.get("mature") else "")
+            if mat.get("reason"):
+                maturity += f" — {mat['reason']}"
+        elif mat is not None:
+            maturity = f"{float(mat):.2f}" + (" (mature)" if base and base.get("mature") else "")
         else:
             maturity = "-"
         worst = min((int(a.severity) for a in mine), default=0)

@@ -33,7 +33,7 @@ FLOORS_MATURE: dict[str, float] = {
     "packets": 3000.0,
     "bytes": 4_000_000.0,
     "peers": 24.0,
-    "new_peers": 4.0,
+    "new_peers": 1.5,
     "new_unnamed_peers": 0.5,
     "services": 24.0,
     "new_services": 3.0,
@@ -98,7 +98,8 @@ class WindowProfileDetector(Detector):
             # discovery is high while a device is set up: use the settled second half only
             tail = X[len(X) // 2 :]
             for f in DISCOVERY_FEATURES:
-                learned[F[f]] = tail[:, F[f]].max() if len(tail) else 0.0
+                # a setup burst is rare: the 90th percentile, not the maximum, of the settled half
+                learned[F[f]] = float(np.quantile(tail[:, F[f]], 0.9)) if len(tail) else 0.0
             limits = np.maximum(limits, self.margin * learned)
         if not self.mature:
             limits = np.maximum(limits, np.array([FLOORS_IMMATURE[f] for f in WINDOW_FEATURES]))
@@ -153,7 +154,10 @@ class ProfileDetector:
         self._learn_windows = np.zeros(0)
         self._max_packets = np.zeros(0)
         self._max_new = np.zeros(0)
+        self._trust = np.zeros(0)
         self._new_peer = np.zeros(0, dtype=bool)
+        self._new_unnamed = np.zeros(0, dtype=bool)
+        self._new_service = np.zeros(0, dtype=bool)
         self._starts: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] = (
             np.zeros(0, np.uint64), np.zeros(0, np.int64))
         self._starts_known = np.zeros(0, dtype=bool)
@@ -167,8 +171,11 @@ class ProfileDetector:
         self._learn_windows = np.zeros(n)
         self._max_packets = np.zeros(n)
         self._max_new = np.zeros(n)
+        self._trust = np.zeros(n)
         for i, prof in enumerate(self.baseline.profiles):
-            mature = prof.maturity().mature
+            mat = prof.maturity()
+            mature = mat.mature
+            self._trust[i] = mat.score
             X = prof.matrix()
             self.window_models.append(WindowProfileDetector(margin=self.margin, mature=mature).fit(X))
             self.mature.append(mature)
@@ -185,6 +192,7 @@ class ProfileDetector:
             self._learn_windows = np.append(self._learn_windows, 0.0)
             self._max_packets = np.append(self._max_packets, 0.0)
             self._max_new = np.append(self._max_new, 0.0)
+            self._trust = np.append(self._trust, 0.0)
             if len(self.labels) < n:
                 self.labels.append(self.baseline.device_ids[len(self.labels)])
 
@@ -201,6 +209,8 @@ class ProfileDetector:
         known_peer = (pw > 0) | name_known | ~valid
         table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid)
         self._new_peer = ~known_peer & ~local
+        self._new_unnamed = self._new_peer & ~has_name
+        self._new_service = ~((sw > 0) | ~valid)
         self._starts = connection_starts(batch.ts, ctx, valid)
         self._starts_known = (known_peer | local)[self._starts[1]]
         wscores = np.zeros(len(table))
@@ -224,7 +234,9 @@ class ProfileDetector:
         max_pk = self._max_packets[dev] if len(self._max_packets) else np.zeros(n)
         s_fan = _squash(new_in_win / (3.0 * (max_new + 1.0)))
         s_rate = _squash(pk_in_win / (3.0 * (max_pk + 10.0)))
-        scores = 2.0 * s_peer + s_svc + 0.5 * s_unnamed + 0.5 * s_fan + 0.5 * s_rate
+        # novelty is evidence only as far as the device's baseline is trusted (its maturity)
+        trust = 0.25 + 0.75 * (self._trust[dev] if len(self._trust) else np.zeros(n))
+        scores = trust * (2.0 * s_peer + s_svc + 0.5 * s_unnamed + 0.5 * s_fan) + 0.5 * s_rate
         scores = np.where(valid, scores, 0.0)
         if len(table):
             scores = scores + 0.25 * (wscores[gi] > 1.0)
@@ -310,7 +322,7 @@ class ProfileDetector:
         return Finding(
             device=d,
             device_id=prof.device_id,
-            ts=float(batch.ts[pk[-1]]),
+            ts=self._crossing_time(batch, ctx, pk, feat, limit),
             score=score,
             threshold=1.0,
             feature=feat,
@@ -364,6 +376,41 @@ class ProfileDetector:
                     values={"period_s": sch.period_s, "silent_s": t - sch.last_ts},
                 ))
         return out
+
+    def _crossing_time(
+        self, batch: PacketBatch, ctx: PacketContext, pk: npt.NDArray[np.int64], feat: str, limit: float
+    ) -> float:
+        """When, inside the window, the feature's running value first exceeded its limit.
+
+        A streaming monitor can alert at that packet; features whose running value is not a
+        simple count (the max-per-peer/port shapes) are dated at the window's last packet.
+        """
+        end = float(batch.ts[pk[-1]])
+        if feat in ("packets", "bytes", "initiations", "syn_only"):
+            w = {
+                "packets": np.ones(len(pk)),
+                "bytes": batch.wire_len[pk].astype(np.float64),
+                "initiations": ctx.initiation[pk].astype(np.float64),
+                "syn_only": ctx.syn_only[pk].astype(np.float64),
+            }[feat]
+            run = np.cumsum(w)
+        elif feat in ("new_peers", "new_unnamed_peers", "peers", "new_services"):
+            if feat == "new_services":
+                mask = self._new_service[pk] if len(self._new_service) == len(ctx) else np.ones(len(pk), bool)
+                key = (ctx.proto[pk].astype(np.uint64) << np.uint64(16)) | ctx.service[pk].astype(np.uint64)
+            else:
+                src = {"new_peers": self._new_peer, "new_unnamed_peers": self._new_unnamed}.get(feat)
+                mask = src[pk] if src is not None and len(src) == len(ctx) else batch.ip_version[pk] > 0
+                key = ctx.peer_hi[pk] ^ (ctx.peer_lo[pk] * np.uint64(0x9E3779B97F4A7C15))
+            _, first = np.unique(np.where(mask, key, np.uint64(0)), return_index=True)
+            firsts = np.zeros(len(pk))
+            firsts[first] = 1.0
+            firsts[~mask] = 0.0
+            run = np.cumsum(firsts)
+        else:
+            return end
+        over = np.flatnonzero(run > limit)
+        return float(batch.ts[pk[over[0]]]) if len(over) else end
 
     def summary(self) -> dict[str, Any]:
         """Limits per device (JSON-ready)."""

@@ -26,6 +26,8 @@ from iotsentry.baseline.profile import Baseline
 from iotsentry.capture.appfields import extract_app_events
 from iotsentry.capture.reader import read_packets
 from iotsentry.detectors.profile import ProfileDetector
+from iotsentry.baseline.profile import TokenRows
+from iotsentry.features.app_tokens import TokenLog
 from iotsentry.features.device_context import WINDOW_S, DeviceIndex, packet_context
 from iotsentry.features.flowmeter import FlowMeter
 from iotsentry.inventory.devices import DeviceTracker
@@ -107,6 +109,7 @@ class Analyzer:
         self.packets = 0
         self.app_events = 0
         self.devices: list[Device] = []
+        self.tokens = TokenLog()
 
     # -- pass 1 -------------------------------------------------------------------------------
     def inventory(self, progress: Progress | None = None) -> list[Device]:
@@ -115,6 +118,10 @@ class Analyzer:
             events = extract_app_events(b)
             self.app_events += len(events)
             self.tracker.update(b, events)
+            if events:
+                base = self.packets
+                ordinal = {int(ix): base + i for i, ix in enumerate(b.index.tolist())}
+                self.tokens.add(events, ordinal)
             if len(b):
                 self.first_ts = min(self.first_ts, float(b.ts.min()))
                 self.last_ts = max(self.last_ts, float(b.ts.max()))
@@ -133,6 +140,15 @@ class Analyzer:
         end = self.first_ts + max(0.0, secs)
         return math.floor(end / WINDOW_S) * WINDOW_S
 
+    def _token_rows(self, positions: npt.NDArray[np.int64], index: DeviceIndex) -> TokenRows:
+        """Tokens carried by the packets at these (ascending) stream positions."""
+        if not len(positions):
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint64)
+        pos, mac, h = self.tokens.in_range(int(positions[0]), int(positions[-1]) + 1)
+        rows = np.searchsorted(positions, pos)
+        ok = (rows < len(positions)) & (positions[np.minimum(rows, len(positions) - 1)] == pos)
+        return rows[ok].astype(np.int64), index.of_macs(mac[ok]), h[ok]
+
     # -- passes 2 and 3 -------------------------------------------------------------------------
     def run(self, progress: Progress | None = None, score_sink: ScoreSink | None = None) -> AnalysisResult:
         """All three passes; returns inventory, baselines, alerts and timelines."""
@@ -145,16 +161,23 @@ class Analyzer:
         t_end = self.learn_end()
         names = self.tracker.ip_names
         learned = 0
+        consumed = 0
         for b in window_aligned(iter_batches(self.paths, self.config.batch_size)):
+            positions = consumed + np.arange(len(b), dtype=np.int64)
+            consumed += len(b)
+            before = b.ts < t_end
             lb, _rest = _split_at(b, t_end)
             if len(lb):
-                baseline.learn(lb, packet_context(lb, index), names)
+                rows = self._token_rows(positions[before], index)
+                baseline.learn(lb, packet_context(lb, index), names, rows)
                 learned += len(lb)
                 if progress:
                     progress("learning", learned)
             if len(_rest) or (len(b) and b.ts[-1] >= t_end):
                 break
-        detector = ProfileDetector(baseline, labels=labels, margin=self.config.margin).fit()
+        detector = ProfileDetector(
+            baseline, labels=labels, margin=self.config.margin, token_text=self.tokens.text
+        ).fit()
         policy = AlertPolicy(site_id=self.config.site_id)
         meter = FlowMeter()
         n_flows = 0
@@ -162,7 +185,8 @@ class Analyzer:
         done = 0
         for b in window_aligned(iter_batches(self.paths, self.config.batch_size)):
             ctx = packet_context(b, index)
-            scores, table, wscores = detector.evaluate(b, ctx, names)
+            rows = self._token_rows(done + np.arange(len(b), dtype=np.int64), index)
+            scores, table, wscores = detector.evaluate(b, ctx, names, rows)
             flows = meter.update(b)
             n_flows += len(flows)
             if score_sink is not None:

@@ -24,6 +24,9 @@ from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_to_str
 
 MAX_PEERS_LISTED = 64
 
+TokenRows = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint64]]
+"""Application tokens of a batch: (packet row, device number, token hash)."""
+
 
 @dataclass
 class DeviceProfile:
@@ -105,6 +108,7 @@ class Baseline:
         self._names: dict[int, set[str]] = defaultdict(set)
         self._frozen = False
         self.periodicity = PeriodicityTracker()
+        self._tokens: dict[int, set[int]] = defaultdict(set)
         self._peer_keys = np.zeros(0, np.uint64)
         self._peer_counts = np.zeros(0, np.float64)
         self._svc_keys = np.zeros(0, np.uint64)
@@ -155,9 +159,29 @@ class Baseline:
             name_known[cand] = nk[inv.ravel()]
         return has_name | local, name_known, local
 
+    def new_tokens(self, n: int, tokens: TokenRows | None) -> npt.NDArray[np.uint64]:
+        """Per packet: hash of an application token its device has never used (0 = none)."""
+        out = np.zeros(n, dtype=np.uint64)
+        if tokens is None:
+            return out
+        rows, dev, h = tokens
+        for r, d, k in zip(rows.tolist(), dev.tolist(), h.tolist(), strict=True):
+            if d >= 0 and k not in self._tokens.get(d, ()):
+                out[r] = k
+        return out
+
+    def known_tokens(self, device: int) -> int:
+        """How many distinct names / clients the device used while learning."""
+        return len(self._tokens.get(device, ()))
+
     # -- learning ------------------------------------------------------------------------------
-    def learn(self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]) -> None:
-        """Add the packets of one batch (whole windows) to the profiles."""
+    def learn(
+        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], tokens: TokenRows | None = None
+    ) -> None:
+        """Add the packets of one batch (whole windows) to the profiles.
+
+        ``tokens`` are the application tokens of the batch: (packet row, device, token hash).
+        """
         if self._frozen:
             raise RuntimeError("the baseline is frozen; learning happens before detection")
         valid = (ctx.device >= 0) & (batch.ip_version > 0)
@@ -166,7 +190,8 @@ class Baseline:
         known_p = self._first_window_flags(pk, ctx.window, valid, self._peer_win)
         known_s = self._first_window_flags(sk, ctx.window, valid, self._svc_win)
         has_name, name_known, local = self.named(batch, ctx, ip_names)
-        table = window_table(batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid)
+        new_tok = self._first_tokens(len(batch), ctx, tokens)
+        table = window_table(batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid, new_tok)
         for r in range(len(table)):
             prof = self.profiles[int(table.device[r])]
             prof.windows.append(table.X[r])
@@ -187,6 +212,27 @@ class Baseline:
                 p = self.profiles[d]
                 p.first_ts = min(p.first_ts, float(first[d]))
                 p.last_ts = max(p.last_ts, float(last[d]))
+
+    def _first_tokens(self, n: int, ctx: PacketContext, tokens: TokenRows | None) -> npt.NDArray[np.uint64]:
+        """Tokens new to the device at their first window in the batch, then learned."""
+        out = np.zeros(n, dtype=np.uint64)
+        if tokens is None:
+            return out
+        rows, dev, h = tokens
+        first_seen: dict[tuple[int, int], int] = {}
+        for r, d, k in zip(rows.tolist(), dev.tolist(), h.tolist(), strict=True):
+            if d < 0:
+                continue
+            w = int(ctx.window[r])
+            key = (d, k)
+            if k in self._tokens[d] and key not in first_seen:
+                continue
+            if first_seen.setdefault(key, w) == w:
+                out[r] = k
+                self.profiles[d].discoveries.append(float(w) * 60.0)
+        for d, k in first_seen:
+            self._tokens[d].add(k)
+        return out
 
     @staticmethod
     def _first_window_flags(

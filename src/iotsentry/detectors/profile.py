@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.baseline.periodicity import connection_starts
-from iotsentry.baseline.profile import Baseline, service_label
+from iotsentry.baseline.profile import Baseline, TokenRows, service_label
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features.device_context import WINDOW_S, PacketContext
 from iotsentry.features.windows import WINDOW_FEATURES, WindowTable, window_table
@@ -41,6 +41,7 @@ FLOORS_MATURE: dict[str, float] = {
     "max_ports_per_peer": 24.0,
     "max_peers_per_port": 24.0,
     "syn_only": 120.0,
+    "new_names": 0.5,
 }
 """Smallest limits for a device with a mature baseline (a quiet device is not alerted for a
 few extra packets)."""
@@ -57,6 +58,7 @@ FLOORS_IMMATURE: dict[str, float] = {
     "max_ports_per_peer": 100.0,
     "max_peers_per_port": 100.0,
     "syn_only": 1000.0,
+    "new_names": 100.0,
 }
 """Absolute limits that apply to every device: what no IoT device does in a minute."""
 
@@ -72,9 +74,10 @@ CATEGORY: dict[str, str] = {
     "max_ports_per_peer": "port-scan",
     "max_peers_per_port": "scan",
     "syn_only": "scan",
+    "new_names": "new-name",
 }
 
-DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services")
+DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services", "new_names")
 
 
 @register
@@ -145,8 +148,15 @@ class ProfileDetector:
     name = "profile"
     version = "1"
 
-    def __init__(self, baseline: Baseline, labels: list[str] | None = None, margin: float = 2.0) -> None:
+    def __init__(
+        self,
+        baseline: Baseline,
+        labels: list[str] | None = None,
+        margin: float = 2.0,
+        token_text: dict[int, str] | None = None,
+    ) -> None:
         self.baseline = baseline
+        self.token_text = token_text or {}
         self.labels = labels or list(baseline.device_ids)
         self.margin = margin
         self.window_models: list[WindowProfileDetector] = []
@@ -155,9 +165,12 @@ class ProfileDetector:
         self._max_packets = np.zeros(0)
         self._max_new = np.zeros(0)
         self._trust = np.zeros(0)
+        self._calm_peer = np.zeros(0)
+        self._calm_tok = np.zeros(0)
         self._new_peer = np.zeros(0, dtype=bool)
         self._new_unnamed = np.zeros(0, dtype=bool)
         self._new_service = np.zeros(0, dtype=bool)
+        self._new_token = np.zeros(0, dtype=np.uint64)
         self._starts: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] = (
             np.zeros(0, np.uint64), np.zeros(0, np.int64))
         self._starts_known = np.zeros(0, dtype=bool)
@@ -172,6 +185,8 @@ class ProfileDetector:
         self._max_packets = np.zeros(n)
         self._max_new = np.zeros(n)
         self._trust = np.zeros(n)
+        self._calm_peer = np.ones(n)
+        self._calm_tok = np.ones(n)
         for i, prof in enumerate(self.baseline.profiles):
             mat = prof.maturity()
             mature = mat.mature
@@ -181,6 +196,10 @@ class ProfileDetector:
             self.mature.append(mature)
             self._learn_windows[i] = len(X)
             if len(X):
+                tail = X[len(X) // 2 :]
+                # how rarely the settled device meets a new peer / name: novelty weighs that much
+                self._calm_peer[i] = 1.0 - float(np.mean(tail[:, F["new_peers"]] > 0))
+                self._calm_tok[i] = 1.0 - float(np.mean(tail[:, F["new_names"]] > 0))
                 self._max_packets[i] = X[:, F["packets"]].max()
                 self._max_new[i] = X[len(X) // 2 :, F["new_peers"]].max()
         return self
@@ -193,11 +212,13 @@ class ProfileDetector:
             self._max_packets = np.append(self._max_packets, 0.0)
             self._max_new = np.append(self._max_new, 0.0)
             self._trust = np.append(self._trust, 0.0)
+            self._calm_peer = np.append(self._calm_peer, 1.0)
+            self._calm_tok = np.append(self._calm_tok, 1.0)
             if len(self.labels) < n:
                 self.labels.append(self.baseline.device_ids[len(self.labels)])
 
     def evaluate(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]
+        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], tokens: TokenRows | None = None
     ) -> tuple[npt.NDArray[np.float64], WindowTable, npt.NDArray[np.float64]]:
         """Score a batch: (per-packet scores, window table, per-window scores)."""
         self._ensure_devices(len(self.baseline.profiles))
@@ -207,7 +228,9 @@ class ProfileDetector:
         sw = self.baseline.service_windows(ctx)
         has_name, name_known, local = self.baseline.named(batch, ctx, ip_names)
         known_peer = (pw > 0) | name_known | ~valid
-        table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid)
+        new_tok = self.baseline.new_tokens(n, tokens)
+        self._new_token = new_tok
+        table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid, new_tok)
         self._new_peer = ~known_peer & ~local
         self._new_unnamed = self._new_peer & ~has_name
         self._new_service = ~((sw > 0) | ~valid)
@@ -236,7 +259,11 @@ class ProfileDetector:
         s_rate = _squash(pk_in_win / (3.0 * (max_pk + 10.0)))
         # novelty is evidence only as far as the device's baseline is trusted (its maturity)
         trust = 0.25 + 0.75 * (self._trust[dev] if len(self._trust) else np.zeros(n))
-        scores = trust * (2.0 * s_peer + s_svc + 0.5 * s_unnamed + 0.5 * s_fan) + 0.5 * s_rate
+        calm_p = self._calm_peer[dev] if len(self._calm_peer) else np.ones(n)
+        calm_t = self._calm_tok[dev] if len(self._calm_tok) else np.ones(n)
+        s_tok = (new_tok != 0).astype(np.float64)
+        novelty = calm_p * (2.0 * s_peer + 0.5 * s_unnamed + 0.5 * s_fan) + s_svc + calm_t * s_tok
+        scores = trust * novelty + 0.5 * s_rate
         scores = np.where(valid, scores, 0.0)
         if len(table):
             scores = scores + 0.25 * (wscores[gi] > 1.0)
@@ -314,6 +341,14 @@ class ProfileDetector:
             reason = (
                 f"{label} contacted {int(x['new_unnamed_peers'])} new host(s) by bare IP, no DNS name "
                 f"(e.g. {peer_ip}:{port}/{service_label(proto, port).split('/')[0].lower()}); {base}"
+            )
+        elif feat == "new_names":
+            toks = self._new_token[pk] if len(self._new_token) == len(ctx) else np.zeros(0, np.uint64)
+            texts = sorted({self.token_text.get(int(k), "?") for k in toks[toks != 0].tolist()})
+            shown = ", ".join(texts[:5]) + (f" and {len(texts) - 5} more" if len(texts) > 5 else "")
+            reason = (
+                f"{label} used {len(texts)} name(s)/client(s) never seen in its baseline ({shown}); "
+                f"{base}, {self.baseline.known_tokens(d)} known names/clients"
             )
         elif feat == "new_services":
             reason = f"{label} used {int(x['new_services'])} new service(s) (e.g. port {port} on {peer_ip}); {base}"
@@ -394,6 +429,13 @@ class ProfileDetector:
                 "syn_only": ctx.syn_only[pk].astype(np.float64),
             }[feat]
             run = np.cumsum(w)
+        elif feat == "new_names" and len(self._new_token) == len(ctx):
+            toks = self._new_token[pk]
+            _, first = np.unique(toks, return_index=True)
+            firsts = np.zeros(len(pk))
+            firsts[first] = 1.0
+            firsts[toks == 0] = 0.0
+            run = np.cumsum(firsts)
         elif feat in ("new_peers", "new_unnamed_peers", "peers", "new_services"):
             if feat == "new_services":
                 mask = self._new_service[pk] if len(self._new_service) == len(ctx) else np.ones(len(pk), bool)

@@ -27,6 +27,7 @@ WINDOW_FEATURES: tuple[str, ...] = (
     "max_ports_per_peer",
     "max_peers_per_port",
     "syn_only",
+    "new_names",
 )
 """Column names of :attr:`WindowTable.X`."""
 
@@ -86,11 +87,14 @@ def window_table(
     known_peer: npt.NDArray[np.bool_],
     named_peer: npt.NDArray[np.bool_],
     known_service: npt.NDArray[np.bool_],
+    new_token: npt.NDArray[np.uint64] | None = None,
 ) -> WindowTable:
     """Aggregate a batch into per-(device, window) feature rows.
 
     ``known_peer``/``known_service`` say per packet whether the device's baseline already holds
-    the peer / service; ``named_peer`` whether the peer IP was reached through a DNS name.
+    the peer / service; ``named_peer`` whether the peer IP was reached through a DNS name;
+    ``new_token`` the hash of an application token (DNS name, User-Agent, SNI) the device's
+    baseline has never seen, 0 where the packet carries none.
     """
     n = len(ctx)
     valid = ctx.device >= 0
@@ -126,6 +130,10 @@ def window_table(
     X[:, col("max_ports_per_peer")] = _max_distinct(g[oi], peer[oi], dport[oi], ng)
     X[:, col("max_peers_per_port")] = _max_distinct(g[oi], dport[oi], peer[oi], ng)
     X[:, col("syn_only")] = np.bincount(g, weights=ctx.syn_only[valid].astype(np.float64), minlength=ng)
+    if new_token is not None:
+        nt = new_token[valid]
+        m4 = nt != 0
+        X[:, col("new_names")] = _distinct_per_group(g[m4], nt[m4], ng)
     device = (uk >> 40).astype(np.int32)
     window = (uk & ((1 << 40) - 1)).astype(np.int64)
     return WindowTable(device, window, X, group)

@@ -1,0 +1,78 @@
+"""Application tokens: the names and client identities a device uses.
+
+IoT devices look up the same few DNS names, present the same HTTP User-Agent and ask TLS for
+the same server names, forever. A token is one such value, kept with the stream position of
+the packet that carried it, so that the learning and detection passes can find the tokens of
+each batch without parsing payloads again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.schema import AppEvent
+
+MAX_TOKEN_LEN = 200
+
+
+def token_hash(text: str) -> int:
+    """A stable, non-zero 63-bit hash of a token."""
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+    return (h >> 1) or 1
+
+
+def tokens_of(ev: AppEvent) -> list[str]:
+    """The tokens an event contributes (``dns:<name>``, ``ua:<agent>``, ``sni:<name>``)."""
+    f = ev.fields
+    out: list[str] = []
+    if ev.kind == "dns" and not f.get("is_response"):
+        out += [f"dns:{str(q).lower().rstrip('.')}" for q in f.get("queries") or ()]
+    elif ev.kind == "http" and f.get("user_agent"):
+        out.append(f"ua:{f['user_agent']}")
+    elif ev.kind == "tls" and f.get("sni"):
+        out.append(f"sni:{str(f['sni']).lower()}")
+    return [t[:MAX_TOKEN_LEN] for t in out]
+
+
+@dataclass
+class TokenLog:
+    """Tokens by stream position (the ordinal of the packet in the whole input)."""
+
+    position: list[int] = field(default_factory=list)
+    mac: list[int] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
+    text: dict[int, str] = field(default_factory=dict)
+    _frozen: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
+
+    def add(self, events: list[AppEvent], ordinal_of_index: dict[int, int]) -> None:
+        """Record the tokens of events whose frame index maps to a stream position."""
+        for ev in events:
+            for t in tokens_of(ev):
+                h = token_hash(t)
+                self.text.setdefault(h, t)
+                self.position.append(ordinal_of_index[ev.index])
+                self.mac.append(int(ev.src_mac))
+                self.hashes.append(h)
+        self._frozen = None
+
+    def arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """(positions, MACs, hashes) sorted by position."""
+        if self._frozen is None:
+            pos = np.array(self.position, dtype=np.int64)
+            order = np.argsort(pos, kind="stable")
+            self._frozen = (
+                pos[order],
+                np.array(self.mac, dtype=np.uint64)[order],
+                np.array(self.hashes, dtype=np.uint64)[order],
+            )
+        return self._frozen
+
+    def in_range(self, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """Tokens carried by stream positions ``start`` .. ``stop - 1``."""
+        pos, mac, h = self.arrays()
+        a, b = np.searchsorted(pos, start), np.searchsorted(pos, stop)
+        return pos[a:b], mac[a:b], h[a:b]

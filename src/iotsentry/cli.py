@@ -142,7 +142,7 @@ def _print_summary(res: AnalysisResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     by_dev: dict[str, int] = {}
     for a in res.alerts:
         by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1

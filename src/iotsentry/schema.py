@@ -226,14 +226,15 @@ class PacketBatch(ColumnBatch):
         return self.raw[self.raw_off[i] : self.raw_off[i + 1]].tobytes()
 
     def payload(self, i: int) -> bytes:
-        """Captured L4 payload bytes of row ``i`` (needs ``raw``)."""
+        """Captured L4 payload bytes of row ``i``, at most ``payload_len`` of them (needs ``raw``)."""
         if self.raw is None or self.raw_off is None:
             raise ValueError("this batch was read without raw frame bytes")
         off = int(self.columns["payload_off"][i])
         if off == 0:
             return b""
         start = int(self.raw_off[i]) + off
-        return self.raw[start : self.raw_off[i + 1]].tobytes()
+        end = min(int(self.raw_off[i + 1]), start + int(self.columns["payload_len"][i]))
+        return self.raw[start:end].tobytes()  # without Ethernet padding
 
     def take(self, rows: npt.ArrayLike) -> PacketBatch:
         """Rows selected by index or mask; raw bytes are carried along when present."""

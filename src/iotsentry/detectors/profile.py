@@ -77,6 +77,22 @@ CATEGORY: dict[str, str] = {
     "new_names": "new-name",
 }
 
+EXPLAIN_ORDER = (
+    "max_peers_per_port",
+    "max_ports_per_peer",
+    "syn_only",
+    "packets",
+    "bytes",
+    "initiations",
+    "new_unnamed_peers",
+    "new_names",
+    "new_peers",
+    "new_services",
+    "peers",
+    "services",
+)
+"""Which exceeded limit names a finding: the shape (scan, flood) before the novelty it causes."""
+
 DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services", "new_names")
 
 
@@ -283,8 +299,8 @@ class ProfileDetector:
             d = int(table.device[r])
             model = self.window_models[d]
             ratios = model.ratios(table.X[r])[0]
-            j = int(np.argmax(ratios))
-            feat = WINDOW_FEATURES[j]
+            over = [f for f in EXPLAIN_ORDER if ratios[F[f]] > 1.0]
+            feat = over[0] if over else WINDOW_FEATURES[int(np.argmax(ratios))]
             pk = np.flatnonzero(table.group_of_packet == r)
             out.append(self._explain(batch, ctx, d, r, feat, float(wscores[r]), pk, table))
         return out

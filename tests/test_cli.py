@@ -25,7 +25,9 @@ def _small_pcap(path: Path, n: int = 50) -> Path:
             udp.ulen = len(udp)
             ip = dpkt.ip.IP(src=bytes([192, 168, 1, 10]), dst=bytes([192, 168, 1, 1]), p=17, data=udp)
             ip.len = len(ip)
-            eth = dpkt.ethernet.Ethernet(src=b"\x00\x17\x88\x01\x02\x03", dst=b"\x00\x11\x22\x33\x44\x55", data=ip)
+            eth = dpkt.ethernet.Ethernet(
+                src=b"\x00\x17\x88\x01\x02\x03", dst=b"\x00\x11\x22\x33\x44\x55", data=ip
+            )
             w.writepkt(bytes(eth), ts=1_600_000_000 + i)
     return path
 

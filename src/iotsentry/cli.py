@@ -23,8 +23,14 @@ def _eprint(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     _eprint(f"warning: {message}")
 
 
@@ -41,8 +47,11 @@ class _ProgressBar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} packets"),
-                TimeElapsedColumn(), transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:,} packets"),
+                TimeElapsedColumn(),
+                transient=True,
             )
             self._progress.__enter__()
         return self
@@ -119,30 +128,56 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             s.emit(a)
         s.close()
     write_report(
-        report_path, title=f"iotsentry analysis of {', '.join(p.name for p in paths)}",
-        devices=res.devices, alerts=res.alerts, timelines=res.timelines, baselines=res.baselines,
+        report_path,
+        title=f"iotsentry analysis of {', '.join(p.name for p in paths)}",
+        devices=res.devices,
+        alerts=res.alerts,
+        timelines=res.timelines,
+        baselines=res.baselines,
         run_info={"inputs": [str(p) for p in paths], **res.stats},
     )
     if args.json:
-        print(json.dumps({
-            "devices": [d.to_dict() for d in res.devices],
-            "alerts": [a.to_eve() for a in res.alerts],
-            "stats": res.stats,
-            "outputs": {"db": str(db_path), "alerts": str(alerts_path), "report": str(report_path)},
-        }, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "devices": [d.to_dict() for d in res.devices],
+                    "alerts": [a.to_eve() for a in res.alerts],
+                    "stats": res.stats,
+                    "outputs": {"db": str(db_path), "alerts": str(alerts_path), "report": str(report_path)},
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         _print_summary(res)
-        print(f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(res.alerts)} alerts "
-              f"({stored} stored) in {elapsed:.1f} s")
+        print(
+            f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(res.alerts)} alerts "
+            f"({stored} stored) in {elapsed:.1f} s"
+        )
         print(f"store:  {db_path}\nalerts: {alerts_path}\nreport: {report_path}")
     return 0
 
 
-def _print_summary(res: AnalysisResult) -> None:
+def _console() -> Any:
+    """A console that prints network-derived text literally (no markup, emoji or highlighting)."""
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    return Console(width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False, markup=False)
+
+
+def _plain(*values: str) -> list[Any]:
+    """Table cells as plain text: names come from the network and must not act as markup."""
+    from rich.text import Text
+
+    return [Text(v) for v in values]
+
+
+def _print_summary(res: AnalysisResult) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
     by_dev: dict[str, int] = {}
     for a in res.alerts:
         by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1
@@ -155,9 +190,15 @@ def _print_summary(res: AnalysisResult) -> None:
         state = f"{'mature' if b.get('mature') else 'learning'} ({mat.get('score', 0):.2f})"
         n = by_dev.get(d.device_id, 0)
         t.add_row(
-            d.device_id + (" [gw]" if d.is_gateway else ""), ", ".join(d.ips[:2]), (d.vendor or "?")[:28],
-            ", ".join(d.names[:2])[:32], d.device_type or "?", state,
-            f"[bold red]{n}[/]" if n else "0",
+            *_plain(
+                d.device_id + (" (gateway)" if d.is_gateway else ""),
+                ", ".join(d.ips[:2]),
+                (d.vendor or "?")[:28],
+                ", ".join(d.names[:2])[:32],
+                d.device_type or "?",
+                state,
+            ),
+            Text(str(n), style="bold red") if n else Text("0"),
         )
     console.print(t)
     if res.alerts:
@@ -165,8 +206,15 @@ def _print_summary(res: AnalysisResult) -> None:
         for c in ("time (UTC)", "device", "sev", "category", "reason"):
             ta.add_column(c, overflow="fold")
         for a in res.alerts[:50]:
-            ta.add_row(time.strftime("%H:%M:%S", time.gmtime(a.timestamp)), a.device_id,
-                       {1: "high", 2: "med", 3: "low"}.get(a.severity, "?"), a.category, a.reason)
+            ta.add_row(
+                *_plain(
+                    time.strftime("%H:%M:%S", time.gmtime(a.timestamp)),
+                    a.device_id,
+                    {1: "high", 2: "med", 3: "low"}.get(a.severity, "?"),
+                    a.category,
+                    a.reason,
+                )
+            )
         console.print(ta)
         if len(res.alerts) > 50:
             console.print(f"... and {len(res.alerts) - 50} more alerts")
@@ -181,17 +229,24 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([d.to_dict() for d in devices], indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"{len(devices)} devices")
     for c in ("device", "IPs", "vendor", "names", "type", "DHCP vendor class", "packets"):
         t.add_column(c, overflow="fold")
     for d in devices:
-        t.add_row(d.device_id + (" [gw]" if d.is_gateway else ""), ", ".join(d.ips[:3]), d.vendor or "?",
-                  ", ".join(d.names[:3]), d.device_type or "?", str(d.dhcp.get("vendor_class", "")),
-                  f"{d.packets:,}")
-    Console().print(t)
+        t.add_row(
+            *_plain(
+                d.device_id + (" (gateway)" if d.is_gateway else ""),
+                ", ".join(d.ips[:3]),
+                d.vendor or "?",
+                ", ".join(d.names[:3]),
+                d.device_type or "?",
+                str(d.dhcp.get("vendor_class", "")),
+                f"{d.packets:,}",
+            )
+        )
+    _console().print(t)
     return 0
 
 
@@ -213,8 +268,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             dev = names[np.where(device >= 0, device, len(an.devices))]
             lines = [
                 f"{i},{t:.6f},{d},{s:.6f}"
-                for i, t, d, s in zip(batch.index.tolist(), batch.ts.tolist(), dev.tolist(), scores.tolist(),
-                                      strict=True)
+                for i, t, d, s in zip(
+                    batch.index.tolist(), batch.ts.tolist(), dev.tolist(), scores.tolist(), strict=True
+                )
             ]
             fh.write("\n".join(lines))
             fh.write("\n")
@@ -229,10 +285,18 @@ def cmd_mix(args: argparse.Namespace) -> int:
     from iotsentry.evaluation.mix import mix_captures
 
     summary = mix_captures(
-        args.benign, args.attack, attacker_ip=args.attacker, victim_ip=args.victim, at_fraction=args.at,
-        out=args.out, labels_out=args.labels, attack_log=args.attack_log,
+        args.benign,
+        args.attack,
+        attacker_ip=args.attacker,
+        victim_ip=args.victim,
+        at_fraction=args.at,
+        out=args.out,
+        labels_out=args.labels,
+        attack_log=args.attack_log,
     )
-    print(json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else vars(summary), indent=2, default=str))
+    print(
+        json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else vars(summary), indent=2, default=str)
+    )
     return 0
 
 
@@ -242,8 +306,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.benchmark != "q1":
         raise IotSentryError(f"eval {args.benchmark}: not available yet (q1 is)")
-    run_q1(recipes=args.recipe, data_dir=Path(args.data), results=Path(args.results),
-           work_dir=Path(args.work_dir))
+    run_q1(
+        recipes=args.recipe,
+        data_dir=Path(args.data),
+        results=Path(args.results),
+        work_dir=Path(args.work_dir),
+    )
     return 0
 
 
@@ -258,8 +326,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (out / "smart-home.truth.json").write_text(json.dumps(truth.to_dict(), indent=2, default=str))
     print(f"generated {pcap} (seed {args.seed}); infected device: {truth.infected_mac} / {truth.infected_ip}")
     ns = argparse.Namespace(
-        inputs=[str(pcap)], out_dir=str(out), db=None, alerts=None, report=None, sink=None,
-        learn_seconds=args.learn_seconds, site="demo", json=False,
+        inputs=[str(pcap)],
+        out_dir=str(out),
+        db=None,
+        alerts=None,
+        report=None,
+        sink=None,
+        learn_seconds=args.learn_seconds,
+        site="demo",
+        json=False,
     )
     return cmd_analyze(ns)
 
@@ -275,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--db", help="SQLite store (default OUT_DIR/iotsentry.db)")
     a.add_argument("--alerts", help="EVE JSON lines file (default OUT_DIR/alerts.jsonl)")
     a.add_argument("--report", help="HTML report (default OUT_DIR/report.html)")
-    a.add_argument("--sink", action="append", help="extra alert sink: syslog+udp://h:p, syslog+tcp://h:p, https://...")
+    a.add_argument(
+        "--sink", action="append", help="extra alert sink: syslog+udp://h:p, syslog+tcp://h:p, https://..."
+    )
     a.add_argument("--learn-seconds", type=float, default=None, help="learning period (default: first half)")
     a.add_argument("--site", default="default")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -297,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attack", required=True)
     m.add_argument("--attacker", required=True)
     m.add_argument("--victim", required=True)
-    m.add_argument("--at", type=float, required=True, help="splice point as a fraction of the benign duration")
+    m.add_argument(
+        "--at", type=float, required=True, help="splice point as a fraction of the benign duration"
+    )
     m.add_argument("--out", required=True)
     m.add_argument("--labels", required=True)
     m.add_argument("--attack-log", help="labeled Zeek conn log of the attack capture")

@@ -22,11 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
-from iotsentry.baseline.profile import Baseline
+from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events
 from iotsentry.capture.reader import read_packets
 from iotsentry.detectors.profile import ProfileDetector
-from iotsentry.baseline.profile import TokenRows
 from iotsentry.features.app_tokens import TokenLog
 from iotsentry.features.device_context import WINDOW_S, DeviceIndex, packet_context
 from iotsentry.features.flowmeter import FlowMeter
@@ -62,7 +61,9 @@ class AnalysisResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def iter_batches(paths: Sequence[str | Path], batch_size: int, with_raw: bool = False) -> Iterator[PacketBatch]:
+def iter_batches(
+    paths: Sequence[str | Path], batch_size: int, with_raw: bool = False
+) -> Iterator[PacketBatch]:
     """Packets of several captures, one after the other."""
     for p in paths:
         yield from read_packets(p, batch_size=batch_size, with_raw=with_raw)
@@ -200,7 +201,9 @@ class Analyzer:
             detect = (table.window * WINDOW_S) >= t_end
             if detect.any():
                 ws = np.where(detect, wscores, 0.0)
-                found = detector.findings(b, ctx, table, ws) + detector.schedule_findings(b, ctx, names, t_end)
+                found = detector.findings(b, ctx, table, ws) + detector.schedule_findings(
+                    b, ctx, names, t_end
+                )
                 for f in found:
                     dev_ip = devices[f.device].ips[0] if devices[f.device].ips else ""
                     policy.make(
@@ -223,9 +226,13 @@ class Analyzer:
                 progress("detection", done)
         n_flows += len(meter.flush())
         baselines = {}
-        for prof, model, mature in zip(baseline.profiles, detector.window_models, detector.mature, strict=False):
+        for prof, model, mature in zip(
+            baseline.profiles, detector.window_models, detector.mature, strict=False
+        ):
             s = prof.summary()
-            s["limits"] = dict(zip(detector.summary()[prof.device_id]["limits"], model.limits_.tolist(), strict=True))
+            s["limits"] = dict(
+                zip(detector.summary()[prof.device_id]["limits"], model.limits_.tolist(), strict=True)
+            )
             s["mature"] = mature
             s["schedules"] = [
                 {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
@@ -253,4 +260,3 @@ class Analyzer:
             "alerts_suppressed": policy.suppressed,
         }
         return AnalysisResult(devices, policy.alerts(), baselines, timelines, stats)
-

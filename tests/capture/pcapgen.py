@@ -23,8 +23,14 @@ def mac_int(mac: bytes) -> int:
 # ---------------------------------------------------------------------------- frames
 
 
-def eth(payload: bytes, ethertype: int = 0x0800, *, dst: bytes = MAC_B, src: bytes = MAC_A,
-        vlans: Sequence[tuple[int, int]] = ()) -> bytes:
+def eth(
+    payload: bytes,
+    ethertype: int = 0x0800,
+    *,
+    dst: bytes = MAC_B,
+    src: bytes = MAC_A,
+    vlans: Sequence[tuple[int, int]] = (),
+) -> bytes:
     """Ethernet II; ``vlans`` are (tag protocol id, vlan id), outermost first."""
     tags = b""
     for k, (tpid, vid) in enumerate(vlans):
@@ -35,20 +41,48 @@ def eth(payload: bytes, ethertype: int = 0x0800, *, dst: bytes = MAC_B, src: byt
     return dst + src + struct.pack(">H", ethertype) + payload
 
 
-def ipv4(payload: bytes, proto: int, *, src: str = "10.0.0.1", dst: str = "10.0.0.2", ttl: int = 64,
-         mf: bool = False, frag_offset: int = 0, options: bytes = b"", total_len: int | None = None) -> bytes:
+def ipv4(
+    payload: bytes,
+    proto: int,
+    *,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    ttl: int = 64,
+    mf: bool = False,
+    frag_offset: int = 0,
+    options: bytes = b"",
+    total_len: int | None = None,
+) -> bytes:
     """IPv4 header (+ options padded to 4 bytes) + payload."""
     options += b"\x00" * (-len(options) % 4)
     ihl = 5 + len(options) // 4
     tot = ihl * 4 + len(payload) if total_len is None else total_len
     fo = (0x2000 if mf else 0) | (frag_offset // 8)
-    hdr = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, 0, tot, 0x1234, fo, ttl, proto, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    hdr = struct.pack(
+        ">BBHHHBBH4s4s",
+        0x40 | ihl,
+        0,
+        tot,
+        0x1234,
+        fo,
+        ttl,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
     return hdr + options + payload
 
 
-def ipv6(payload: bytes, nh: int, *, src: str = "2001:db8::1", dst: str = "2001:db8::2",
-         hlim: int = 64, ext: Sequence[tuple[int, bytes]] = ()) -> bytes:
+def ipv6(
+    payload: bytes,
+    nh: int,
+    *,
+    src: str = "2001:db8::1",
+    dst: str = "2001:db8::2",
+    hlim: int = 64,
+    ext: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
     """IPv6 header; ``ext`` is a list of (header type, body) chained before ``payload``.
 
     Bodies of hop-by-hop / routing / destination options get their next-header and length
@@ -69,8 +103,15 @@ def ipv6(payload: bytes, nh: int, *, src: str = "2001:db8::1", dst: str = "2001:
             chain += struct.pack(">BB", nxt, (len(body) + 2) // 8 - 1) + body
     first = types[0]
     plen = len(chain) + len(payload)
-    hdr = struct.pack(">IHBB16s16s", 0x60000000, plen, first, hlim,
-                      ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
+    hdr = struct.pack(
+        ">IHBB16s16s",
+        0x60000000,
+        plen,
+        first,
+        hlim,
+        ipaddress.IPv6Address(src).packed,
+        ipaddress.IPv6Address(dst).packed,
+    )
     return hdr + chain + payload
 
 
@@ -89,8 +130,13 @@ def icmp(typ: int, code: int, payload: bytes = b"") -> bytes:
 
 
 def arp(op: int, spa: str, tpa: str, sha: bytes = MAC_A, tha: bytes = b"\x00" * 6) -> bytes:
-    return (struct.pack(">HHBBH", 1, 0x0800, 6, 4, op) + sha + ipaddress.IPv4Address(spa).packed
-            + tha + ipaddress.IPv4Address(tpa).packed)
+    return (
+        struct.pack(">HHBBH", 1, 0x0800, 6, 4, op)
+        + sha
+        + ipaddress.IPv4Address(spa).packed
+        + tha
+        + ipaddress.IPv4Address(tpa).packed
+    )
 
 
 def sll(payload: bytes, ethertype: int = 0x0800, src: bytes = MAC_A) -> bytes:
@@ -106,8 +152,15 @@ def sll2(payload: bytes, ethertype: int = 0x0800, src: bytes = MAC_A) -> bytes:
 # ---------------------------------------------------------------------------- pcap
 
 
-def pcap_bytes(frames: Sequence[tuple[int, int, bytes]], *, linktype: int = 1, big_endian: bool = False,
-               nano: bool = False, snaplen: int = 65535, wire_lens: Sequence[int] | None = None) -> bytes:
+def pcap_bytes(
+    frames: Sequence[tuple[int, int, bytes]],
+    *,
+    linktype: int = 1,
+    big_endian: bool = False,
+    nano: bool = False,
+    snaplen: int = 65535,
+    wire_lens: Sequence[int] | None = None,
+) -> bytes:
     """A libpcap file; ``frames`` are (seconds, fraction (us or ns), bytes)."""
     e = ">" if big_endian else "<"
     magic = 0xA1B23C4D if nano else 0xA1B2C3D4
@@ -139,8 +192,14 @@ def shb(big: bool = False) -> bytes:
     return _block(0x0A0D0D0A, body, big)
 
 
-def idb(linktype: int, *, tsresol: int | None = None, tsoffset: int | None = None, snaplen: int = 0,
-        big: bool = False) -> bytes:
+def idb(
+    linktype: int,
+    *,
+    tsresol: int | None = None,
+    tsoffset: int | None = None,
+    snaplen: int = 0,
+    big: bool = False,
+) -> bytes:
     e = ">" if big else "<"
     body = struct.pack(e + "HHI", linktype, 0, snaplen)
     opts = _opt(2, b"eth0", big)

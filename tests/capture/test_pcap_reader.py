@@ -119,18 +119,20 @@ def test_ip_columns_follow_schema_encoding(tmp_path: Path) -> None:
 def pcapng_two_interfaces(big: bool) -> bytes:
     f0 = eth(ipv4(udp(1000, 2000, b"xyz"), 17, src="10.0.0.5", dst="10.0.0.6"))
     f1 = ipv6(icmp(128, 0, b"ping"), 58, src="2001:db8::a", dst="2001:db8::b")  # raw IP link
-    return b"".join([
-        shb(big),
-        idb(1, big=big),  # Ethernet, default microseconds
-        idb(101, tsresol=9, tsoffset=100, big=big),  # raw IP, nanoseconds, offset 100 s
-        other_block(4, b"\x00" * 4, big=big),  # NRB (empty record list)
-        epb(0, 1_500_000_000_250_000, f0, big=big),
-        epb(1, 1_500_000_001_000_000_500, f1, big=big),
-        other_block(5, b"\x00" * 12, big=big),  # ISB
-        spb(f0, big=big),  # interface 0, no timestamp
-        other_block(0x40000BAD, b"\x00" * 8, big=big),  # custom block
-        epb(0, 1_500_000_002_000_001, f0[:20], wire_len=len(f0), big=big),
-    ])
+    return b"".join(
+        [
+            shb(big),
+            idb(1, big=big),  # Ethernet, default microseconds
+            idb(101, tsresol=9, tsoffset=100, big=big),  # raw IP, nanoseconds, offset 100 s
+            other_block(4, b"\x00" * 4, big=big),  # NRB (empty record list)
+            epb(0, 1_500_000_000_250_000, f0, big=big),
+            epb(1, 1_500_000_001_000_000_500, f1, big=big),
+            other_block(5, b"\x00" * 12, big=big),  # ISB
+            spb(f0, big=big),  # interface 0, no timestamp
+            other_block(0x40000BAD, b"\x00" * 8, big=big),  # custom block
+            epb(0, 1_500_000_002_000_001, f0[:20], wire_len=len(f0), big=big),
+        ]
+    )
 
 
 @pytest.mark.parametrize("big", [False, True])
@@ -142,8 +144,12 @@ def test_pcapng_two_interfaces_different_link_types(tmp_path: Path, big: bool) -
     assert len(b) == 4
     assert b.iface.tolist() == [0, 1, 0, 0]
     # the SPB has no timestamp: it takes the previous packet's
-    np.testing.assert_allclose(b.ts, [1_500_000_000.25, 1_500_000_101.0000005, 1_500_000_101.0000005,
-                                      1_500_000_002.000001], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        b.ts,
+        [1_500_000_000.25, 1_500_000_101.0000005, 1_500_000_101.0000005, 1_500_000_002.000001],
+        rtol=0,
+        atol=1e-6,
+    )
     assert b.ethertype.tolist() == [0x0800, 0x86DD, 0x0800, 0x0800]
     assert b.src_mac.tolist() == [mac_int(MAC_A), 0, mac_int(MAC_A), mac_int(MAC_A)]
     assert ip(b, 0) == "10.0.0.5" and ip(b, 1, "dst") == "2001:db8::b"
@@ -158,9 +164,16 @@ def test_pcapng_two_interfaces_different_link_types(tmp_path: Path, big: bool) -
 def test_pcapng_multiple_sections_mixed_byte_order(tmp_path: Path) -> None:
     f_sll = sll(ipv4(tcp(22, 4000, 0x10), 6, src="172.16.0.1", dst="172.16.0.2"))
     f_eth = eth(ipv4(udp(1, 2), 17))
-    data = (shb(False) + idb(1) + epb(0, 10_000_000, f_eth)
-            + shb(True) + idb(113, big=True) + idb(1, big=True) + epb(0, 20_000_000, f_sll, big=True)
-            + epb(1, 30_000_000, f_eth, big=True))
+    data = (
+        shb(False)
+        + idb(1)
+        + epb(0, 10_000_000, f_eth)
+        + shb(True)
+        + idb(113, big=True)
+        + idb(1, big=True)
+        + epb(0, 20_000_000, f_sll, big=True)
+        + epb(1, 30_000_000, f_eth, big=True)
+    )
     b = read_all(write(tmp_path, "x.pcapng", data))
     assert b.iface.tolist() == [0, 1, 2]  # interfaces numbered over the whole file
     assert b.ts.tolist() == [10.0, 20.0, 30.0]
@@ -250,8 +263,9 @@ def test_ipv6_extension_headers(tmp_path: Path) -> None:
     frag_later = struct.pack(">HI", (64 << 3) | 0, 77)  # offset 512 bytes, last
     body = tcp(8080, 9090, 0x18, b"0123456789")
     frames = [
-        ipv6(body, 6, ext=[(0, b"\x01\x02" + b"\x00" * 4), (43, b"\x00\x00" + b"\x00" * 20),
-                           (60, b"\x00" * 6)]),
+        ipv6(
+            body, 6, ext=[(0, b"\x01\x02" + b"\x00" * 4), (43, b"\x00\x00" + b"\x00" * 20), (60, b"\x00" * 6)]
+        ),
         ipv6(body, 6, ext=[(0, b"\x00" * 6), (44, frag_first)]),
         ipv6(b"tail-of-datagram", 6, ext=[(44, frag_later)]),
         ipv6(udp(500, 4500, b"esp?"), 17, ext=[(51, b"\x00" * 14)]),  # AH, 16 bytes
@@ -265,8 +279,14 @@ def test_ipv6_extension_headers(tmp_path: Path) -> None:
     assert b.dst_port.tolist() == [9090, 9090, 0, 4500, 0, 0]
     assert b.frag.tolist() == [0, 1, 2, 0, 0, 0]
     assert b.payload_len.tolist() == [10, 10, len(b"tail-of-datagram"), 4, 20, 0]
-    assert b.payload_off.tolist() == [14 + 40 + ext0 + 20, 14 + 40 + 16 + 20, 14 + 40 + 8,
-                                      14 + 40 + 16 + 8, 14 + 40 + 8 + 8, 0]
+    assert b.payload_off.tolist() == [
+        14 + 40 + ext0 + 20,
+        14 + 40 + 16 + 20,
+        14 + 40 + 8,
+        14 + 40 + 16 + 8,
+        14 + 40 + 8 + 8,
+        0,
+    ]
     assert set(b.ip_version.tolist()) == {6}
 
 
@@ -301,7 +321,11 @@ def test_arp_and_icmp(tmp_path: Path) -> None:
     assert b.arp_op.tolist() == [1, 2, 0, 0, 0]
     assert b.dst_mac[0] == 0xFFFFFFFFFFFF
     assert [ip(b, 0), ip(b, 0, "dst"), ip(b, 1), ip(b, 1, "dst")] == [
-        "192.168.0.10", "192.168.0.1", "192.168.0.1", "192.168.0.10"]
+        "192.168.0.10",
+        "192.168.0.1",
+        "192.168.0.1",
+        "192.168.0.10",
+    ]
     assert b.proto.tolist() == [0, 0, 1, 1, 58]
     assert b.src_port.tolist() == [0, 0, 8, 0, 1]
     assert b.dst_port.tolist() == [0, 0, 0, 0, 4]
@@ -386,8 +410,9 @@ def test_decoder_never_reads_past_cap_len(tmp_path: Path) -> None:
     """Every prefix and random mutation of many frames, decoded with numba bounds checking on."""
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", FUZZ_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     ok, calls = res.stdout.split()
     assert ok == "ok" and int(calls) > 50_000
@@ -454,8 +479,14 @@ def test_empty_file_is_empty_capture(tmp_path: Path) -> None:
     assert list(read_packets(p)) == []
 
 
-@pytest.mark.parametrize("data", [b"\x00", b"hello world, not a capture" * 10,
-                                  np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes()])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00",
+        b"hello world, not a capture" * 10,
+        np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+    ],
+)
 def test_not_a_capture_raises_input_error(tmp_path: Path, data: bytes) -> None:
     p = write(tmp_path, "junk.pcap", data)
     with pytest.raises(InputError, match="not a pcap or pcapng capture") as info:
@@ -599,9 +630,24 @@ def test_truncated_iot23_capture() -> None:
 def dpkt_reference(records: list[tuple[float, bytes]]) -> dict[str, Any]:
     """Expected columns from a dpkt decode, with masks of rows where dpkt decoded L3 / L4."""
     n = len(records)
-    cols = {k: np.zeros(n, dtype=np.int64) for k in (
-        "src_mac", "dst_mac", "ethertype", "vlan", "ip_version", "proto", "src_port", "dst_port",
-        "tcp_flags", "ttl", "frag", "payload_len", "arp_op")}
+    cols = {
+        k: np.zeros(n, dtype=np.int64)
+        for k in (
+            "src_mac",
+            "dst_mac",
+            "ethertype",
+            "vlan",
+            "ip_version",
+            "proto",
+            "src_port",
+            "dst_port",
+            "tcp_flags",
+            "ttl",
+            "frag",
+            "payload_len",
+            "arp_op",
+        )
+    }
     addrs = {k: np.zeros(n, dtype=object) for k in ("src", "dst")}
     l3 = np.zeros(n, dtype=bool)
     l4 = np.zeros(n, dtype=bool)

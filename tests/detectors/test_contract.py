@@ -10,8 +10,9 @@ import pytest
 import iotsentry.detectors.profile  # noqa: F401  (registers the profile detectors)
 from iotsentry.detectors.base import REGISTRY, Detector
 from iotsentry.evaluation.metrics import roc_auc
+from iotsentry.features.windows import WINDOW_FEATURES
 
-N_FEATURES = {"profile-window": 11}
+N_FEATURES = {"profile-window": len(WINDOW_FEATURES)}
 
 
 def _data(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DATA, data_path
 
+from conftest import DATA, data_path
 from iotsentry.inventory.devices import DeviceTracker
 from iotsentry.pipeline import Analyzer
 from iotsentry.schema import Device
@@ -48,7 +48,11 @@ def test_every_sentinel_device_mac_is_found_and_is_not_the_gateway() -> None:
     index = data_path("iot-sentinel", "index.csv")
     seen_dirs: set[str] = set()
     with index.open() as fh:
-        rows = [r for r in csv.DictReader(fh) if r["device_dir"] not in seen_dirs and not seen_dirs.add(r["device_dir"])]
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if r["device_dir"] not in seen_dirs and not seen_dirs.add(r["device_dir"])
+        ]
     assert len(rows) == 31
     for r in rows:
         devs = {d.device_id: d for d in _inventory(DATA / "iot-sentinel" / r["device_dir"] / r["file"])}
@@ -72,13 +76,22 @@ def test_device_identity_survives_an_ip_change() -> None:
     # the gateway relays an internet packet back
     rows.append((3, 3.0, gw, mac, *ip_from_str("52.1.2.3"), *ip_from_str("192.168.1.77")))
     cols = list(zip(*rows, strict=True))
-    b = PacketBatch({
-        "index": np.array(cols[0]), "ts": np.array(cols[1]), "src_mac": np.array(cols[2], np.uint64),
-        "dst_mac": np.array(cols[3], np.uint64), "src_ip_hi": np.array(cols[4], np.uint64),
-        "src_ip_lo": np.array(cols[5], np.uint64), "dst_ip_hi": np.array(cols[6], np.uint64),
-        "dst_ip_lo": np.array(cols[7], np.uint64), "ip_version": np.full(4, 4), "ethertype": np.full(4, 0x0800),
-        "wire_len": np.full(4, 100), "proto": np.full(4, 6),
-    })
+    b = PacketBatch(
+        {
+            "index": np.array(cols[0]),
+            "ts": np.array(cols[1]),
+            "src_mac": np.array(cols[2], np.uint64),
+            "dst_mac": np.array(cols[3], np.uint64),
+            "src_ip_hi": np.array(cols[4], np.uint64),
+            "src_ip_lo": np.array(cols[5], np.uint64),
+            "dst_ip_hi": np.array(cols[6], np.uint64),
+            "dst_ip_lo": np.array(cols[7], np.uint64),
+            "ip_version": np.full(4, 4),
+            "ethertype": np.full(4, 0x0800),
+            "wire_len": np.full(4, 100),
+            "proto": np.full(4, 6),
+        }
+    )
     t = DeviceTracker()
     t.update(b)
     devs = {d.device_id: d for d in t.devices()}

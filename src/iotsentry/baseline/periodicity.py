@@ -77,7 +77,9 @@ def connection_starts(
     if not len(rows):
         return np.zeros(0, np.uint64), rows
     key = mix_keys(
-        ctx.device[rows].astype(np.uint64), ctx.peer_hi[rows], ctx.peer_lo[rows],
+        ctx.device[rows].astype(np.uint64),
+        ctx.peer_hi[rows],
+        ctx.peer_lo[rows],
         (ctx.proto[rows].astype(np.uint64) << np.uint64(16)) | ctx.service[rows].astype(np.uint64),
     )
     order = np.lexsort((ts[rows], key))
@@ -112,7 +114,9 @@ class PeriodicityTracker:
         if len(s.times) > MAX_TIMES:
             del s.times[: len(s.times) - MAX_TIMES]
 
-    def learn(self, keys: npt.NDArray[np.uint64], ts: list[float], labels: list[tuple[int, str, str]]) -> None:
+    def learn(
+        self, keys: npt.NDArray[np.uint64], ts: list[float], labels: list[tuple[int, str, str]]
+    ) -> None:
         """Record connection starts of the learning period."""
         for k, t, (dev, peer, svc) in zip(keys.tolist(), ts, labels, strict=True):
             self._append(self._learn, k, _Series(dev, peer, svc), t, None)
@@ -121,12 +125,20 @@ class PeriodicityTracker:
         """Turn regular learned series into schedules."""
         for k, s in self._learn.items():
             reg = regular_period(s.times)
-            long_enough = len(s.times) >= SCHEDULE_MIN_STARTS and s.times[-1] - s.times[0] >= SCHEDULE_MIN_SPAN_S
+            long_enough = (
+                len(s.times) >= SCHEDULE_MIN_STARTS and s.times[-1] - s.times[0] >= SCHEDULE_MIN_SPAN_S
+            )
             if reg is not None and long_enough:
-                self.schedules[k] = Schedule(s.device, s.peer, s.service, reg[0], reg[1], s.times[-1], len(s.times))
+                self.schedules[k] = Schedule(
+                    s.device, s.peer, s.service, reg[0], reg[1], s.times[-1], len(s.times)
+                )
 
     def observe(
-        self, keys: npt.NDArray[np.uint64], ts: list[float], labels: list[tuple[int, str, str]], known: list[bool]
+        self,
+        keys: npt.NDArray[np.uint64],
+        ts: list[float],
+        labels: list[tuple[int, str, str]],
+        known: list[bool],
     ) -> list[tuple[str, float, _Series | Schedule]]:
         """Account detection-time starts; returns new ``("beacon", ts, series)`` findings."""
         out: list[tuple[str, float, _Series | Schedule]] = []

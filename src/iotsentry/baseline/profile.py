@@ -123,7 +123,9 @@ class Baseline:
     @staticmethod
     def service_keys(ctx: PacketContext) -> npt.NDArray[np.uint64]:
         """Hash of (device, protocol, service port) per packet."""
-        return mix_keys(ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64))
+        return mix_keys(
+            ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64)
+        )
 
     # -- lookups -----------------------------------------------------------------------------
     def peer_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
@@ -176,7 +178,11 @@ class Baseline:
 
     # -- learning ------------------------------------------------------------------------------
     def learn(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], tokens: TokenRows | None = None
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        tokens: TokenRows | None = None,
     ) -> None:
         """Add the packets of one batch (whole windows) to the profiles.
 
@@ -191,7 +197,9 @@ class Baseline:
         known_s = self._first_window_flags(sk, ctx.window, valid, self._svc_win)
         has_name, name_known, local = self.named(batch, ctx, ip_names)
         new_tok = self._first_tokens(len(batch), ctx, tokens)
-        table = window_table(batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid, new_tok)
+        table = window_table(
+            batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid, new_tok
+        )
         for r in range(len(table)):
             prof = self.profiles[int(table.device[r])]
             prof.windows.append(table.X[r])
@@ -236,7 +244,10 @@ class Baseline:
 
     @staticmethod
     def _first_window_flags(
-        keys: npt.NDArray[np.uint64], window: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_], seen: dict[int, int]
+        keys: npt.NDArray[np.uint64],
+        window: npt.NDArray[np.int64],
+        valid: npt.NDArray[np.bool_],
+        seen: dict[int, int],
     ) -> npt.NDArray[np.bool_]:
         """Known = seen in an earlier batch, or earlier in this batch than the packet's window."""
         out = np.zeros(len(keys), dtype=bool)
@@ -297,7 +308,9 @@ class Baseline:
         out = []
         for r in rows.tolist():
             ip = ip_to_str(ctx.peer_hi[r], ctx.peer_lo[r])
-            out.append((int(ctx.device[r]), ip_names.get(ip, ip), service_label(ctx.proto[r], ctx.service[r])))
+            out.append(
+                (int(ctx.device[r]), ip_names.get(ip, ip), service_label(ctx.proto[r], ctx.service[r]))
+            )
         return out
 
     def freeze(self) -> None:

@@ -165,13 +165,12 @@ def read_pcap(
         try:
             big, divisor, snaplen, linktype = parse_header(path, head)
         except _HeaderCut:
-            warnings.warn(
-                CaptureDamaged(path, 0, "file ends inside the pcap global header", 0), stacklevel=2
-            )
+            warnings.warn(CaptureDamaged(path, 0, "file ends inside the pcap global header", 0), stacklevel=2)
             return
         max_caplen = max(262144, min(snaplen, MAX_RECORD))
-        yield from _records(f, path, big, divisor, max_caplen, linktype, batch_size, with_raw, decode,
-                            chunk_bytes)
+        yield from _records(
+            f, path, big, divisor, max_caplen, linktype, batch_size, with_raw, decode, chunk_bytes
+        )
 
 
 def _records(
@@ -203,8 +202,17 @@ def _records(
     builder = new_builder(0)
     while True:
         k, pos, status = scan_pcap(
-            buf, pos, valid, big, divisor, max_caplen, min(builder.room, blk_cap),
-            blk.data_off, blk.cap_len, blk.wire_len, blk.ts,
+            buf,
+            pos,
+            valid,
+            big,
+            divisor,
+            max_caplen,
+            min(builder.room, blk_cap),
+            blk.data_off,
+            blk.cap_len,
+            blk.wire_len,
+            blk.ts,
         )
         builder.add(buf, blk, k)
         total += k

@@ -277,9 +277,24 @@ def _blocks(
             k, status = 0, HEADER_BLOCK
         else:
             k, pos, status, last_ts = scan_pcapng(
-                buf, pos, valid, section.big, min(builder.room, blk_cap),
-                section.link, section.units, section.offset, section.snap, section.global_id, section.n,
-                last_ts, blk.data_off, blk.cap_len, blk.wire_len, blk.ts, blk.iface, blk.link,
+                buf,
+                pos,
+                valid,
+                section.big,
+                min(builder.room, blk_cap),
+                section.link,
+                section.units,
+                section.offset,
+                section.snap,
+                section.global_id,
+                section.n,
+                last_ts,
+                blk.data_off,
+                blk.cap_len,
+                blk.wire_len,
+                blk.ts,
+                blk.iface,
+                blk.link,
             )
         builder.add(buf, blk, k)
         total += k

@@ -61,12 +61,14 @@ class Detector(ABC):
     def _state(self) -> dict[str, npt.NDArray[Any]]:
         return {k: np.asarray(v) for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
-    def save(self, directory: str | Path, *, feature_names: list[str] | None = None, digest: str = "") -> Path:
+    def save(
+        self, directory: str | Path, *, feature_names: list[str] | None = None, digest: str = ""
+    ) -> Path:
         """Write ``weights.npz`` and ``manifest.json`` into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = self._state()
-        np.savez(d / "weights.npz", **state)
+        np.savez(d / "weights.npz", **state)  # type: ignore[arg-type]
         manifest = {
             "detector": self.name,
             "version": self.version,

@@ -93,6 +93,12 @@ EXPLAIN_ORDER = (
 )
 """Which exceeded limit names a finding: the shape (scan, flood) before the novelty it causes."""
 
+FLOOD_PACKETS_PER_TARGET = 10.0
+"""A scan sends about one packet per target; a window above its packet limit with more than
+this many packets per distinct target is named a flood."""
+FLOOD_MEAN_FRAME = 150.0
+"""... and so is one whose frames average more than this many bytes (probes are small)."""
+
 DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services", "new_names")
 
 
@@ -188,7 +194,9 @@ class ProfileDetector:
         self._new_service = np.zeros(0, dtype=bool)
         self._new_token = np.zeros(0, dtype=np.uint64)
         self._starts: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]] = (
-            np.zeros(0, np.uint64), np.zeros(0, np.int64))
+            np.zeros(0, np.uint64),
+            np.zeros(0, np.int64),
+        )
         self._starts_known = np.zeros(0, dtype=bool)
 
     def fit(self) -> ProfileDetector:
@@ -234,7 +242,11 @@ class ProfileDetector:
                 self.labels.append(self.baseline.device_ids[len(self.labels)])
 
     def evaluate(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], tokens: TokenRows | None = None
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        tokens: TokenRows | None = None,
     ) -> tuple[npt.NDArray[np.float64], WindowTable, npt.NDArray[np.float64]]:
         """Score a batch: (per-packet scores, window table, per-window scores)."""
         self._ensure_devices(len(self.baseline.profiles))
@@ -301,6 +313,13 @@ class ProfileDetector:
             ratios = model.ratios(table.X[r])[0]
             over = [f for f in EXPLAIN_ORDER if ratios[F[f]] > 1.0]
             feat = over[0] if over else WINDOW_FEATURES[int(np.argmax(ratios))]
+            x = table.X[r]
+            targets = max(x[F["max_ports_per_peer"]], x[F["max_peers_per_port"]], 1.0)
+            mean_size = x[F["bytes"]] / max(x[F["packets"]], 1.0)
+            if ratios[F["packets"]] > 1.0 and (
+                x[F["packets"]] / targets > FLOOD_PACKETS_PER_TARGET or mean_size > FLOOD_MEAN_FRAME
+            ):
+                feat = "packets"  # many or large packets per target: a flood, even if it sprays ports
             pk = np.flatnonzero(table.group_of_packet == r)
             out.append(self._explain(batch, ctx, d, r, feat, float(wscores[r]), pk, table))
         return out
@@ -367,9 +386,14 @@ class ProfileDetector:
                 f"{base}, {self.baseline.known_tokens(d)} known names/clients"
             )
         elif feat == "new_services":
-            reason = f"{label} used {int(x['new_services'])} new service(s) (e.g. port {port} on {peer_ip}); {base}"
+            reason = (
+                f"{label} used {int(x['new_services'])} new service(s) (e.g. port {port} on {peer_ip}); "
+                f"{base}"
+            )
         else:
-            reason = f"{label} contacted {int(x['new_peers'])} new host(s) {span} (e.g. {peer_ip}:{port}); {base}"
+            reason = (
+                f"{label} contacted {int(x['new_peers'])} new host(s) {span} (e.g. {peer_ip}:{port}); {base}"
+            )
         return Finding(
             device=d,
             device_id=prof.device_id,
@@ -404,28 +428,52 @@ class ProfileDetector:
             label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
             prof = self.baseline.profiles[d]
             peer_ip = s.peer
-            out.append(Finding(
-                device=d, device_id=prof.device_id, ts=t, score=2.0, threshold=1.0, feature="beacon",
-                category="c2", peer_ip=peer_ip, peer_port=int(s.service.split("/")[1]),
-                proto=6 if s.service.startswith("TCP") else 17,
-                reason=(f"{label} contacts new peer {s.peer} ({s.service}) every ~{period:.0f} s, "
-                        f"{len(getattr(s, 'times', []))} times so far: beacon-like schedule never seen in its "
-                        f"baseline; baseline: {len(prof.peers)} peers, services {prof.top_services()}"),
-                values={"period_s": period, "count": float(len(getattr(s, "times", [])))},
-            ))
+            out.append(
+                Finding(
+                    device=d,
+                    device_id=prof.device_id,
+                    ts=t,
+                    score=2.0,
+                    threshold=1.0,
+                    feature="beacon",
+                    category="c2",
+                    peer_ip=peer_ip,
+                    peer_port=int(s.service.split("/")[1]),
+                    proto=6 if s.service.startswith("TCP") else 17,
+                    reason=(
+                        f"{label} contacts new peer {s.peer} ({s.service}) every ~{period:.0f} s, "
+                        f"{len(getattr(s, 'times', []))} times so far: beacon-like schedule never seen "
+                        f"in its baseline; baseline: {len(prof.peers)} peers, "
+                        f"services {prof.top_services()}"
+                    ),
+                    values={"period_s": period, "count": float(len(getattr(s, "times", [])))},
+                )
+            )
         if len(batch) and batch.ts[-1] >= detect_from:
             active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
             for _kind, t, sch in per.broken(float(batch.ts[-1]), active):
                 d = sch.device
                 label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
-                out.append(Finding(
-                    device=d, device_id=self.baseline.device_ids[d], ts=t, score=1.2, threshold=1.0,
-                    feature="schedule", category="silence", peer_ip=sch.peer,
-                    peer_port=int(sch.service.split("/")[1]), proto=6 if sch.service.startswith("TCP") else 17,
-                    reason=(f"{label} stopped its ~{sch.period_s:.0f} s check-ins to {sch.peer} ({sch.service}); "
-                            f"last one {t - sch.last_ts:.0f} s ago while the device is still active"),
-                    values={"period_s": sch.period_s, "silent_s": t - sch.last_ts},
-                ))
+                out.append(
+                    Finding(
+                        device=d,
+                        device_id=self.baseline.device_ids[d],
+                        ts=t,
+                        score=1.2,
+                        threshold=1.0,
+                        feature="schedule",
+                        category="silence",
+                        peer_ip=sch.peer,
+                        peer_port=int(sch.service.split("/")[1]),
+                        proto=6 if sch.service.startswith("TCP") else 17,
+                        reason=(
+                            f"{label} stopped its ~{sch.period_s:.0f} s check-ins to {sch.peer} "
+                            f"({sch.service}); "
+                            f"last one {t - sch.last_ts:.0f} s ago while the device is still active"
+                        ),
+                        values={"period_s": sch.period_s, "silent_s": t - sch.last_ts},
+                    )
+                )
         return out
 
     def _crossing_time(

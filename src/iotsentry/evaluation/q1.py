@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.evaluation.metrics import detection_latency, roc_auc, tpr_at_fpr
-from iotsentry.pipeline import AnalysisConfig, Analyzer, AnalysisResult
+from iotsentry.pipeline import AnalysisConfig, AnalysisResult, Analyzer
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ def _read_labels(
     )
 
 
-def score_capture(path: Path, learn_seconds: float | None, learn_fraction: float = 0.5) -> tuple[
+def score_capture(
+    path: Path, learn_seconds: float | None, learn_fraction: float = 0.5
+) -> tuple[
     AnalysisResult, npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], list[str]
 ]:
     """Analyze one capture; also return per-packet (index, ts, score) and the device ids."""
@@ -127,9 +129,11 @@ def run_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> RecipeResult:
     # the splice is the first replayed packet; learning ends there
     splice_ts = float(lts[np.flatnonzero(from_attack)[0]])
     learn_s = splice_ts - float(lts.min())
-    res, index, ts, scores, ids = score_capture(out, learn_seconds=learn_s)
+    res, index, ts, scores, _ids = score_capture(out, learn_seconds=learn_s)
     order = np.argsort(index)
     index, ts, scores = index[order], ts[order], scores[order]
+    if not np.array_equal(index, lidx):
+        raise RuntimeError(f"{labels}: labels and scores do not cover the same frames")
     after = ts >= res.stats["learn_end"]
     y = lab[after].astype(bool)
     s = scores[after]
@@ -139,7 +143,9 @@ def run_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> RecipeResult:
     victim = _victim_device(res, recipe.victim_ip)
     mal_ts = ts[lab == 1]
     victim_alerts = [a for a in res.alerts if a.device_id == victim]
-    lat = detection_latency(float(mal_ts.min()), [a.timestamp for a in victim_alerts]) if len(mal_ts) else None
+    lat = (
+        detection_latency(float(mal_ts.min()), [a.timestamp for a in victim_alerts]) if len(mal_ts) else None
+    )
     return RecipeResult(
         recipe=recipe.name,
         packets_after_splice=int(after.sum()),
@@ -189,19 +195,22 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def run_q1(recipes: Sequence[str] | None, data_dir: Path, results: Path, work_dir: Path) -> list[RecipeResult]:
+def run_q1(
+    recipes: Sequence[str] | None, data_dir: Path, results: Path, work_dir: Path
+) -> list[RecipeResult]:
     """Run the recipes and the benign false-alert check; append a section to ``results``."""
     names = list(recipes) if recipes else list(RECIPES)
     t0 = time.perf_counter()
     rows = [run_recipe(RECIPES[n], data_dir, work_dir) for n in names]
     benign = benign_false_alerts(data_dir, work_dir)
     lines = [
-        f"\n## Q1 — infection replay, profile detector ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n",
+        f"\n## Q1 — infection replay, profile detector ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+        "\n",
         f"Command: `iotsentry eval q1{''.join(' --recipe ' + n for n in (recipes or []))}` "
         f"({time.perf_counter() - t0:.0f} s)\n",
-        "| recipe | packets after splice | malicious | AUC (all) | TPR@0.1%FPR (all) | AUC (benign-capture "
-        "negatives) | TPR@0.1%FPR (benign-capture negatives) | latency (s) | infected alerted | other devices "
-        "alerted |",
+        "| recipe | packets after splice | malicious | AUC (all) | TPR@0.1%FPR (all) "
+        "| AUC (benign-capture negatives) | TPR@0.1%FPR (benign-capture negatives) | latency (s) "
+        "| infected alerted | other devices alerted |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -213,7 +222,7 @@ def run_q1(recipes: Sequence[str] | None, data_dir: Path, results: Path, work_di
         )
     for r in rows:
         if r.example_reason:
-            lines.append(f"\n{r.recipe} first alert on the infected device: \"{r.example_reason}\"")
+            lines.append(f'\n{r.recipe} first alert on the infected device: "{r.example_reason}"')
     n_sent = benign["iot-sentinel captures"]
     bad = benign["iot-sentinel captures with alerts"]
     lines.append(

@@ -71,7 +71,9 @@ class TokenLog:
             )
         return self._frozen
 
-    def in_range(self, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    def in_range(
+        self, start: int, stop: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """Tokens carried by stream positions ``start`` .. ``stop - 1``."""
         pos, mac, h = self.arrays()
         a, b = np.searchsorted(pos, start), np.searchsorted(pos, stop)

@@ -53,7 +53,9 @@ class DeviceIndex:
         macs.sort()
         self._macs = np.array([m for m, _ in macs], dtype=np.uint64)
         self._mac_idx = np.array([i for _, i in macs], dtype=np.int32)
-        ipk = [(int(mix_keys(np.array([hi], np.uint64), np.array([lo], np.uint64))[0]), i) for hi, lo, i in ips]
+        ipk = [
+            (int(mix_keys(np.array([hi], np.uint64), np.array([lo], np.uint64))[0]), i) for hi, lo, i in ips
+        ]
         ipk.sort()
         self._ips = np.array([k for k, _ in ipk], dtype=np.uint64)
         self._ip_idx = np.array([i for _, i in ipk], dtype=np.int32)

@@ -50,7 +50,9 @@ class WindowTable:
         return self.X[:, WINDOW_FEATURES.index(name)]
 
 
-def _distinct_per_group(g: npt.NDArray[np.int64], key: npt.NDArray[np.uint64], ngroups: int) -> npt.NDArray[np.float64]:
+def _distinct_per_group(
+    g: npt.NDArray[np.int64], key: npt.NDArray[np.uint64], ngroups: int
+) -> npt.NDArray[np.float64]:
     if len(g) == 0:
         return np.zeros(ngroups)
     order = np.lexsort((key, g))

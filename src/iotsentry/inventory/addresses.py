@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.schema import is_ipv4, ipv4_of
+from iotsentry.schema import ipv4_of, is_ipv4
 
 U64 = npt.NDArray[np.uint64]
 Mask = npt.NDArray[np.bool_]
@@ -15,12 +15,7 @@ def is_local(hi: U64, lo: U64) -> Mask:
     """Private, link-local and unique-local addresses (the home / plant LAN side)."""
     v4 = is_ipv4(hi, lo)
     a = ipv4_of(lo)
-    local4 = (
-        ((a >> 24) == 10)
-        | ((a >> 20) == 0xAC1)
-        | ((a >> 16) == 0xC0A8)
-        | ((a >> 16) == 0xA9FE)
-    )
+    local4 = ((a >> 24) == 10) | ((a >> 20) == 0xAC1) | ((a >> 16) == 0xC0A8) | ((a >> 16) == 0xA9FE)
     top10 = hi >> np.uint64(54)
     top7 = hi >> np.uint64(57)
     local6 = (top10 == np.uint64(0x3FA)) | (top7 == np.uint64(0x7E))

@@ -10,7 +10,11 @@ from iotsentry.schema import Device
 
 # (type, keywords looked for in names/SSDP/User-Agent, keywords looked for in the vendor)
 _RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("camera", ("cam", "ipc", "dcs-", "nvr", "doorbell", "hikvision", "dahua"), ("hikvision", "axis", "dahua")),
+    (
+        "camera",
+        ("cam", "ipc", "dcs-", "nvr", "doorbell", "hikvision", "dahua"),
+        ("hikvision", "axis", "dahua"),
+    ),
     ("thermostat", ("thermostat", "nest", "ecobee", "tado"), ("nest labs", "ecobee")),
     ("speaker", ("echo", "alexa", "sonos", "googlehome", "google-home", "homepod"), ("sonos",)),
     ("tv", ("tv", "roku", "chromecast", "firetv", "bravia"), ("roku",)),
@@ -35,7 +39,7 @@ def guess_type(device: Device) -> tuple[str | None, float, str]:
         texts.append(str(vc))
     blob = " ".join(texts).lower()
     vendor = (device.vendor or "").lower()
-    for kind, words, vendors in _RULES:
+    for kind, words, _vendors in _RULES:
         for w in words:
             if w in blob:
                 return kind, 0.7, f"name/announcement contains '{w}'"

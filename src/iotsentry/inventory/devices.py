@@ -226,7 +226,8 @@ class DeviceTracker:
             self._devices[key] = dev
             dev.vendor = vendor_of(m)
             dev.is_gateway = m == gw
-            ips = sorted(st.ips, key=lambda ip, st=st: -st.ips[ip])
+            seen_at = st.ips
+            ips = sorted(seen_at, key=lambda ip: -seen_at[ip])
             dev.ips = ips[:MAX_NAMES]
             dev.packets, dev.bytes = st.packets, st.bytes
             dev.first_seen = st.first if st.packets else 0.0

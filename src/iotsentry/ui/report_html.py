@@ -210,7 +210,9 @@ def _device_table(
         base = baselines.get(d.device_id)
         mat = base.get("maturity") if base is not None else None
         if isinstance(mat, Mapping):  # the pipeline's Maturity.to_dict(): score plus its reason
-            maturity = f"{float(mat.get('score', 0.0)):.2f}" + (" (mature)" if base and base.get("mature") else "")
+            maturity = f"{float(mat.get('score', 0.0)):.2f}" + (
+                " (mature)" if base and base.get("mature") else ""
+            )
             if mat.get("reason"):
                 maturity += f" — {mat['reason']}"
         elif mat is not None:

@@ -36,8 +36,19 @@ import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("IOTSENTRY_DATA", REPO.parent / "shared" / "data"))
-FIELDS = ("ts", "cap_len", "src_mac", "dst_mac", "src_ip", "dst_ip", "proto", "src_port", "dst_port",
-          "tcp_flags", "ttl")
+FIELDS = (
+    "ts",
+    "cap_len",
+    "src_mac",
+    "dst_mac",
+    "src_ip",
+    "dst_ip",
+    "proto",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "ttl",
+)
 
 
 # ------------------------------------------------------------------------------ building
@@ -96,8 +107,16 @@ def build_template(files: list[Path]) -> dict[str, Any]:
         unicast = (body[pos] & 1) == 0
         mac_pos.append(pos[unicast] + 4)
     span = int(sec.max() - sec.min()) + 1
-    return {"body": body, "n": n, "sec_pos": rec_off, "sec": sec, "span": span,
-            "ip_pos": np.concatenate(ip_pos), "mac_pos": np.concatenate(mac_pos), "rec_off": rec_off}
+    return {
+        "body": body,
+        "n": n,
+        "sec_pos": rec_off,
+        "sec": sec,
+        "span": span,
+        "ip_pos": np.concatenate(ip_pos),
+        "mac_pos": np.concatenate(mac_pos),
+        "rec_off": rec_off,
+    }
 
 
 def write_big_pcap(out: Path, packets: int, tpl: dict[str, Any]) -> int:
@@ -106,8 +125,11 @@ def write_big_pcap(out: Path, packets: int, tpl: dict[str, Any]) -> int:
     n: int = tpl["n"]
     written = 0
     with open(out, "wb") as f:
-        f.write(np.array([0xA1B2C3D4], "<u4").tobytes() + np.array([2, 4], "<u2").tobytes()
-                + np.array([0, 0, 262144, 1], "<u4").tobytes())
+        f.write(
+            np.array([0xA1B2C3D4], "<u4").tobytes()
+            + np.array([2, 4], "<u2").tobytes()
+            + np.array([0, 0, 262144, 1], "<u4").tobytes()
+        )
         k = 0
         while written < packets:
             take = min(n, packets - written)
@@ -193,8 +215,11 @@ def dpkt_fields(path: Path, limit: int) -> tuple[dict[str, list[Any]], float]:
 
 def measure_dpkt(path: Path, limit: int) -> dict[str, Any]:
     fields, dt = dpkt_fields(path, limit)
-    return {"packets": len(fields["ts"]), "seconds": dt,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "packets": len(fields["ts"]),
+        "seconds": dt,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def child(kind: str, path: Path, arg: str) -> dict[str, Any]:
@@ -259,8 +284,10 @@ def main() -> None:
         total = built["packets"]
         warm = Path(built["warm"])
         size = big.stat().st_size
-        print(f"built {big} : {total:,} packets, {size / 1e9:.2f} GB from a {built['template']:,}-packet "
-              f"template in {built['seconds']:.1f} s")
+        print(
+            f"built {big} : {total:,} packets, {size / 1e9:.2f} GB from a {built['template']:,}-packet "
+            f"template in {built['seconds']:.1f} s"
+        )
         r = child("reader", big, str(warm))
         d = child("dpkt", big, str(args.dpkt_packets))
         agree, bad = compare_prefix(big, args.dpkt_packets)
@@ -269,15 +296,23 @@ def main() -> None:
     dps = d["packets"] / d["seconds"]
     print()
     print(f"{'reader':<34}{'packets':>12}{'seconds':>10}{'packets/s':>14}{'MB/s':>9}{'peak RSS MB':>13}")
-    print(f"{'iotsentry read_packets (numba)':<34}{r['packets']:>12,}{r['seconds']:>10.2f}{rps:>14,.0f}"
-          f"{size / r['seconds'] / 1e6:>9.0f}{r['maxrss_mb']:>13.0f}")
-    print(f"{'dpkt loop (prefix, extrapolated)':<34}{d['packets']:>12,}{d['seconds']:>10.2f}{dps:>14,.0f}"
-          f"{'':>9}{d['maxrss_mb']:>13.0f}")
-    print(f"dpkt on the whole file would take ~{total / dps:.0f} s (extrapolated from the first "
-          f"{d['packets']:,} packets)")
+    print(
+        f"{'iotsentry read_packets (numba)':<34}{r['packets']:>12,}{r['seconds']:>10.2f}{rps:>14,.0f}"
+        f"{size / r['seconds'] / 1e6:>9.0f}{r['maxrss_mb']:>13.0f}"
+    )
+    print(
+        f"{'dpkt loop (prefix, extrapolated)':<34}{d['packets']:>12,}{d['seconds']:>10.2f}{dps:>14,.0f}"
+        f"{'':>9}{d['maxrss_mb']:>13.0f}"
+    )
+    print(
+        f"dpkt on the whole file would take ~{total / dps:.0f} s (extrapolated from the first "
+        f"{d['packets']:,} packets)"
+    )
     print(f"speed-up: {rps / dps:.1f}x   (page cache warm; JIT warm-up excluded; one core)")
-    print(f"field check on the first {d['packets']:,} packets: {agree:,} identical on "
-          f"{', '.join(FIELDS)}" + ("" if not bad else "; MISMATCH: " + "; ".join(bad)))
+    print(
+        f"field check on the first {d['packets']:,} packets: {agree:,} identical on "
+        f"{', '.join(FIELDS)}" + ("" if not bad else "; MISMATCH: " + "; ".join(bad))
+    )
     if bad:
         sys.exit(1)
 

@@ -134,7 +134,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         alerts=res.alerts,
         timelines=res.timelines,
         baselines=res.baselines,
-        run_info={"inputs": [str(p) for p in paths], **res.stats},
+        run_info={"inputs": [str(p) for p in paths], **_readable_times(res.stats)},
     )
     if args.json:
         print(
@@ -171,6 +171,15 @@ def _plain(*values: str) -> list[Any]:
     from rich.text import Text
 
     return [Text(v) for v in values]
+
+
+def _readable_times(stats: dict[str, Any]) -> dict[str, Any]:
+    """Run statistics with epoch timestamps written as RFC 3339 (for people)."""
+    from iotsentry.schema import rfc3339
+
+    return {
+        k: rfc3339(v) if k.endswith(("_ts", "_end")) and isinstance(v, float) else v for k, v in stats.items()
+    }
 
 
 def _print_summary(res: AnalysisResult) -> None:

@@ -23,7 +23,8 @@ import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.baseline.profile import Baseline, TokenRows
-from iotsentry.capture.appfields import extract_app_events
+from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
+from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.reader import read_packets
 from iotsentry.detectors.profile import ProfileDetector
 from iotsentry.features.app_tokens import TokenLog
@@ -62,7 +63,7 @@ class AnalysisResult:
 
 
 def iter_batches(
-    paths: Sequence[str | Path], batch_size: int, with_raw: bool = False
+    paths: Sequence[str | Path], batch_size: int, with_raw: RawSpec = False
 ) -> Iterator[PacketBatch]:
     """Packets of several captures, one after the other."""
     for p in paths:
@@ -115,14 +116,13 @@ class Analyzer:
     # -- pass 1 -------------------------------------------------------------------------------
     def inventory(self, progress: Progress | None = None) -> list[Device]:
         """Build the device inventory (pass 1)."""
-        for b in iter_batches(self.paths, self.config.batch_size, with_raw=True):
+        # raw bytes only of the few packets whose application fields are parsed
+        for b in iter_batches(self.paths, self.config.batch_size, with_raw=keep_raw_for_app_fields):
             events = extract_app_events(b)
             self.app_events += len(events)
             self.tracker.update(b, events)
             if events:
-                base = self.packets
-                ordinal = {int(ix): base + i for i, ix in enumerate(b.index.tolist())}
-                self.tokens.add(events, ordinal)
+                self.tokens.add(events, b.index, self.packets)
             if len(b):
                 self.first_ts = min(self.first_ts, float(b.ts.min()))
                 self.last_ts = max(self.last_ts, float(b.ts.max()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -38,7 +39,11 @@ V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 
 def mac_to_str(mac: int) -> str:
     """Format a 48-bit MAC held in an integer as ``aa:bb:cc:dd:ee:ff``."""
-    m = int(mac)
+    return _mac_to_str(int(mac))
+
+
+@lru_cache(maxsize=16384)
+def _mac_to_str(m: int) -> str:
     return ":".join(f"{(m >> s) & 0xFF:02x}" for s in range(40, -8, -8))
 
 
@@ -52,7 +57,11 @@ def mac_from_str(text: str) -> int:
 
 def ip_to_str(hi: int, lo: int) -> str:
     """Format an address stored as (hi, lo); IPv4-mapped addresses print as dotted quads."""
-    h, lo_ = int(hi), int(lo)
+    return _ip_to_str(int(hi), int(lo))
+
+
+@lru_cache(maxsize=65536)
+def _ip_to_str(h: int, lo_: int) -> str:
     if h == 0 and (lo_ >> 32) == 0xFFFF:
         return str(ipaddress.IPv4Address(lo_ & 0xFFFFFFFF))
     return str(ipaddress.IPv6Address((h << 64) | lo_))

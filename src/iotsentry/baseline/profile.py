@@ -17,9 +17,9 @@ import numpy.typing as npt
 
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
+from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import PacketContext, mix_keys
 from iotsentry.features.windows import WINDOW_FEATURES, window_table
-from iotsentry.inventory.addresses import is_local, is_multicast
 from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_to_str
 
 MAX_PEERS_LISTED = 64

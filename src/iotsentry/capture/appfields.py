@@ -114,11 +114,29 @@ def classify(batch: PacketBatch) -> npt.NDArray[np.int8]:
     if batch.raw is None or batch.raw_off is None:
         raise ValueError("extracting application fields needs a PacketBatch read with raw bytes")
     n = len(batch)
+    if n == 0:
+        return np.full(0, -1, dtype=np.int8)
+    start, end = _payload_bounds(batch)
+    avail = end - start
+    idx = start[:, None] + np.arange(_HEAD)
+    head = (
+        batch.raw[np.clip(idx, 0, max(len(batch.raw) - 1, 0))]
+        if len(batch.raw)
+        else np.zeros((n, _HEAD), np.uint8)
+    )
+    return classify_head(batch, head, avail)
+
+
+def classify_head(
+    batch: PacketBatch, head: npt.NDArray[np.uint8], avail: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int8]:
+    """:func:`classify` from the columns, the first ``_HEAD`` payload bytes of each row
+    (``head``, shape (n, _HEAD)) and the captured payload length (``avail``)."""
+    n = len(batch)
     kind = np.full(n, -1, dtype=np.int8)
     if n == 0:
         return kind
-    start, end = _payload_bounds(batch)
-    has = end > start
+    has = avail > 0
     nonfirst_frag = (batch.frag & 2) != 0
     sp, dp = batch.src_port, batch.dst_port
     udp = (batch.proto == 17) & has & ~nonfirst_frag
@@ -133,18 +151,24 @@ def classify(batch: PacketBatch) -> npt.NDArray[np.int8]:
     kind[udp & port(5353)] = KINDS.index("mdns")
     kind[udp & dhcp_ports] = KINDS.index("dhcp")
 
-    rows = np.nonzero(tcp & (end - start >= 4))[0]
+    rows = np.nonzero(tcp & (avail >= 4))[0]
     if len(rows):
-        avail = (end - start)[rows]
-        idx = start[rows, None] + np.arange(_HEAD)
-        head = batch.raw[np.minimum(idx, end[rows, None] - 1)].astype(np.uint32)
-        head[np.arange(_HEAD)[None, :] >= avail[:, None]] = 0
-        first4 = (head[:, 0] << 24) | (head[:, 1] << 16) | (head[:, 2] << 8) | head[:, 3]
+        av = avail[rows]
+        h = head[rows, :_HEAD].astype(np.uint32)
+        h[np.arange(_HEAD)[None, :] >= av[:, None]] = 0
+        first4 = (h[:, 0] << 24) | (h[:, 1] << 16) | (h[:, 2] << 8) | h[:, 3]
         http = np.isin(first4, _HTTP_PREFIXES)
-        tls = (head[:, 0] == 0x16) & (head[:, 1] == 0x03) & (head[:, 5] == 0x01) & (avail >= _HEAD)
+        tls = (h[:, 0] == 0x16) & (h[:, 1] == 0x03) & (h[:, 5] == 0x01) & (av >= _HEAD)
         kind[rows[http]] = KINDS.index("http")
         kind[rows[tls]] = KINDS.index("tls")
     return kind
+
+
+def keep_raw_for_app_fields(
+    batch: PacketBatch, head: npt.NDArray[np.uint8], avail: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """A reader raw-bytes filter: keep only frames that :func:`extract_app_events` parses."""
+    return classify_head(batch, head, avail) >= 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +351,12 @@ _PARSERS: dict[str, Callable[[bytes], dict[str, Any] | None]] = {
 }
 
 
+_CACHE_SIZE = 65536
+_MISSING: Any = object()
+_MALFORMED: Any = {"malformed": True}
+_CACHE: dict[tuple[str, bytes], Any] = {}
+"""Parsed fields of recently seen payloads. Events share these dicts: treat them as read-only."""
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
@@ -360,14 +390,30 @@ def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -
     start, end = _payload_bounds(batch)
     raw = batch.raw
     events: list[AppEvent] = []
-    for i in rows.tolist():
+    index_of, ts_of = batch.index[rows].tolist(), batch.ts[rows].tolist()
+    smac_of, dmac_of = batch.src_mac[rows].tolist(), batch.dst_mac[rows].tolist()
+    ips = batch.src_ip_hi[rows].tolist(), batch.src_ip_lo[rows].tolist()
+    ipd = batch.dst_ip_hi[rows].tolist(), batch.dst_ip_lo[rows].tolist()
+    for j, i in enumerate(rows.tolist()):
         k = KINDS[kind[i]]
         if stats is not None:
             stats.candidates[k] += 1
         payload = raw[start[i] : end[i]].tobytes()
-        try:
-            fields = _PARSERS[k](payload)
-        except _PARSE_ERRORS:
+        # devices repeat themselves (announcements, polls): parse each distinct payload once;
+        # for DNS the 2-byte transaction id is left out of the key (the fields do not hold it)
+        key = (k, payload[2:] if k in ("dns", "mdns") else payload)
+        cached = _CACHE.get(key, _MISSING)
+        if cached is _MISSING:
+            try:
+                fields = _PARSERS[k](payload)
+            except _PARSE_ERRORS:
+                fields = _MALFORMED
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[key] = fields
+        else:
+            fields = cached
+        if fields is _MALFORMED:
             if stats is not None:
                 stats.malformed[k] += 1
             continue
@@ -377,13 +423,13 @@ def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -
             stats.events[k] += 1
         events.append(
             AppEvent(
-                index=int(batch.index[i]),
-                ts=float(batch.ts[i]),
+                index=index_of[j],
+                ts=ts_of[j],
                 kind=k,
-                src_mac=int(batch.src_mac[i]),
-                dst_mac=int(batch.dst_mac[i]),
-                src_ip=ip_to_str(batch.src_ip_hi[i], batch.src_ip_lo[i]),
-                dst_ip=ip_to_str(batch.dst_ip_hi[i], batch.dst_ip_lo[i]),
+                src_mac=smac_of[j],
+                dst_mac=dmac_of[j],
+                src_ip=ip_to_str(ips[0][j], ips[1][j]),
+                dst_ip=ip_to_str(ipd[0][j], ipd[1][j]),
                 fields=fields,
             )
         )

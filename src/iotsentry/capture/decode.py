@@ -25,6 +25,7 @@ Conventions beyond the schema docstring:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -369,6 +370,14 @@ def gather_frames(
         o += c
 
 
+RAW_FILTER_HEAD = 8
+RawFilter = Callable[[PacketBatch, "npt.NDArray[np.uint8]", "npt.NDArray[np.int64]"], "npt.NDArray[np.bool_]"]
+"""Chooses the frames whose raw bytes are kept, from the decoded columns, the first
+``RAW_FILTER_HEAD`` L4 payload bytes of each frame (garbage past the payload) and the captured
+payload length."""
+RawSpec = bool | RawFilter
+
+
 class FrameBlock:
     """Per-frame arrays produced by a record scanner for one chunk of a file.
 
@@ -396,12 +405,13 @@ class BatchBuilder:
     first_index
         Frame number (0-based, over the whole file) of the batch's first row.
     with_raw
-        Keep the captured bytes of every frame (``PacketBatch.raw``).
+        Keep the captured bytes of every frame (``PacketBatch.raw``), or, given a
+        :data:`RawFilter`, only of the frames it selects (the others get zero raw bytes).
     decode
         Run the protocol decoder (off only for counting).
     """
 
-    def __init__(self, capacity: int, first_index: int, with_raw: bool, decode: bool = True) -> None:
+    def __init__(self, capacity: int, first_index: int, with_raw: RawSpec, decode: bool = True) -> None:
         self.capacity = capacity
         self.first_index = first_index
         self.with_raw = with_raw
@@ -459,6 +469,14 @@ class BatchBuilder:
         )
         if self.with_raw:
             lens = blk.cap_len[:k].copy()
+            if callable(self.with_raw):
+                view = PacketBatch({name: col[a:b] for name, col in c.items() if name != "index"})
+                off = view.payload_off.astype(np.int64)
+                avail = np.where(off > 0, lens.astype(np.int64) - off, 0)
+                pos = blk.data_off[:k, None] + off[:, None] + np.arange(RAW_FILTER_HEAD)
+                head = buf[np.clip(pos, 0, len(buf) - 1)]
+                keep = self.with_raw(view, head, avail)
+                lens[~keep] = 0
             need = int(lens.sum(dtype=np.int64))
             used = self.raw_used
             if used + need > len(self.raw):

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock
+from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock, RawSpec
 from iotsentry.errors import CaptureDamaged, InputError
 from iotsentry.schema import PacketBatch
 
@@ -129,7 +129,7 @@ def read_pcap(
     path: str | Path,
     *,
     batch_size: int = 1_000_000,
-    with_raw: bool = False,
+    with_raw: RawSpec = False,
     decode: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[PacketBatch]:
@@ -181,7 +181,7 @@ def _records(
     max_caplen: int,
     linktype: int,
     batch_size: int,
-    with_raw: bool,
+    with_raw: RawSpec,
     decode: bool,
     chunk_bytes: int,
 ) -> Iterator[PacketBatch]:

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock
+from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock, RawSpec
 from iotsentry.errors import CaptureDamaged, InputError
 from iotsentry.schema import PacketBatch
 
@@ -217,7 +217,7 @@ def read_pcapng(
     path: str | Path,
     *,
     batch_size: int = 1_000_000,
-    with_raw: bool = False,
+    with_raw: RawSpec = False,
     decode: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[PacketBatch]:
@@ -253,7 +253,7 @@ def read_pcapng(
 
 
 def _blocks(
-    f: BufferedReader, path: str | Path, batch_size: int, with_raw: bool, decode: bool, chunk_bytes: int
+    f: BufferedReader, path: str | Path, batch_size: int, with_raw: RawSpec, decode: bool, chunk_bytes: int
 ) -> Iterator[PacketBatch]:
     size = Path(path).stat().st_size
     remaining_max = size // 16 + 1  # the smallest packet block (SPB) is 16 bytes

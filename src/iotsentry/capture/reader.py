@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.pcap import MAGIC_NSEC, MAGIC_USEC, read_pcap
 from iotsentry.capture.pcapng import SHB_TYPE, read_pcapng
 from iotsentry.errors import InputError
@@ -54,7 +55,7 @@ def capture_format(path: str | Path) -> str:
 
 
 def read_packets(
-    path: str | Path, *, batch_size: int = 1_000_000, with_raw: bool = False
+    path: str | Path, *, batch_size: int = 1_000_000, with_raw: RawSpec = False
 ) -> Iterator[PacketBatch]:
     """Read a pcap or pcapng capture as consecutive :class:`PacketBatch` es.
 
@@ -84,7 +85,7 @@ def read_packets(
         yield from read_pcapng(path, batch_size=batch_size, with_raw=with_raw)
 
 
-def read_all(path: str | Path, with_raw: bool = False) -> PacketBatch:
+def read_all(path: str | Path, with_raw: RawSpec = False) -> PacketBatch:
     """The whole capture as one batch (see :func:`read_packets`)."""
     batches = list(read_packets(path, with_raw=with_raw))
     if not batches:

@@ -42,6 +42,7 @@ FLOORS_MATURE: dict[str, float] = {
     "max_peers_per_port": 24.0,
     "syn_only": 120.0,
     "new_names": 0.5,
+    "max_conns_per_target": 30.0,
 }
 """Smallest limits for a device with a mature baseline (a quiet device is not alerted for a
 few extra packets)."""
@@ -59,6 +60,7 @@ FLOORS_IMMATURE: dict[str, float] = {
     "max_peers_per_port": 100.0,
     "syn_only": 1000.0,
     "new_names": 100.0,
+    "max_conns_per_target": 60.0,
 }
 """Absolute limits that apply to every device: what no IoT device does in a minute."""
 
@@ -75,11 +77,13 @@ CATEGORY: dict[str, str] = {
     "max_peers_per_port": "scan",
     "syn_only": "scan",
     "new_names": "new-name",
+    "max_conns_per_target": "brute-force",
 }
 
 EXPLAIN_ORDER = (
     "max_peers_per_port",
     "max_ports_per_peer",
+    "max_conns_per_target",
     "syn_only",
     "packets",
     "bytes",
@@ -291,7 +295,20 @@ class ProfileDetector:
         calm_t = self._calm_tok[dev] if len(self._calm_tok) else np.ones(n)
         s_tok = (new_tok != 0).astype(np.float64)
         novelty = calm_p * (2.0 * s_peer + 0.5 * s_unnamed + 0.5 * s_fan) + s_svc + calm_t * s_tok
-        scores = trust * novelty + 0.5 * s_rate
+        # the packet's own part in a scan / brute-force shape, measured against the device's limits
+        s_shape = np.zeros(n)
+        if table.shape is not None and len(table):
+            lim = np.stack([m.limits_ for m in self.window_models])[dev]
+            ratios = table.shape / np.stack(
+                [
+                    lim[:, F["max_ports_per_peer"]],
+                    lim[:, F["max_peers_per_port"]],
+                    lim[:, F["max_conns_per_target"]],
+                ],
+                axis=1,
+            )
+            s_shape = _squash(ratios.max(axis=1))
+        scores = trust * novelty + 0.5 * s_rate + s_shape
         scores = np.where(valid, scores, 0.0)
         if len(table):
             scores = scores + 0.25 * (wscores[gi] > 1.0)
@@ -363,6 +380,11 @@ class ProfileDetector:
                 f"{label} contacted {int(x['peers'])} hosts ({int(x['new_peers'])} new) "
                 f"{span}, {int(x['max_peers_per_port'])} on port {port}, {int(x['syn_only'])} unanswered "
                 f"SYNs; {base}"
+            )
+        elif feat == "max_conns_per_target":
+            reason = (
+                f"{label} opened {int(x['max_conns_per_target'])} connections to {peer_ip}:{port} {span} "
+                f"(limit {limit:.0f}): brute-force shape; {base}"
             )
         elif feat == "max_ports_per_peer":
             reason = f"{label} probed {int(x['max_ports_per_peer'])} ports of {peer_ip} {span}; {base}"

@@ -546,6 +546,7 @@ def mix_captures(
     out: str | Path,
     labels_out: str | Path,
     attack_log: str | Path | None = None,
+    all_malicious: bool = False,
     attack_start: float | None = None,
     truncate: bool = True,
     tolerance_s: float = 1.0,
@@ -565,7 +566,11 @@ def mix_captures(
     out, labels_out
         Output pcap and labels CSV (``index,ts,label,source``).
     attack_log
-        Labeled Zeek conn log of the malware capture; without it every label is 0.
+        Labeled Zeek conn log of the malware capture; without it every replayed packet is
+        labelled ``all_malicious``.
+    all_malicious
+        Label of every replayed packet when there is no log (a capture that is one attack as a
+        whole, such as a scan sample).
     attack_start
         Epoch time in the malware capture from which packets are replayed (default: its
         first packet).
@@ -618,11 +623,10 @@ def mix_captures(
     new_ts = att.ts_us[host_idx] + shift_us
     keep = host_idx[new_ts <= b1] if truncate else host_idx
     replay = att.take(keep)
-    malicious = (
-        label_attack_packets(replay, attack_log, tolerance_s=tolerance_s)
-        if attack_log is not None
-        else np.zeros(len(replay), dtype=bool)
-    )
+    if attack_log is not None:
+        malicious = label_attack_packets(replay, attack_log, tolerance_s=tolerance_s)
+    else:
+        malicious = np.full(len(replay), bool(all_malicious), dtype=bool)
     replay = rewrite_addresses(replay, mac_map, ip_map)
     replay.ts_us = replay.ts_us + shift_us
 

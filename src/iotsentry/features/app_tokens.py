@@ -48,13 +48,18 @@ class TokenLog:
     text: dict[int, str] = field(default_factory=dict)
     _frozen: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
 
-    def add(self, events: list[AppEvent], ordinal_of_index: dict[int, int]) -> None:
-        """Record the tokens of events whose frame index maps to a stream position."""
+    def add(self, events: list[AppEvent], frame_index: npt.NDArray[np.int64], first_position: int) -> None:
+        """Record the tokens of events of one batch (``frame_index`` ascending, the batch's
+        ``index`` column; the batch starts at stream position ``first_position``)."""
         for ev in events:
-            for t in tokens_of(ev):
+            toks = tokens_of(ev)
+            if not toks:
+                continue
+            pos = first_position + int(np.searchsorted(frame_index, ev.index))
+            for t in toks:
                 h = token_hash(t)
                 self.text.setdefault(h, t)
-                self.position.append(ordinal_of_index[ev.index])
+                self.position.append(pos)
                 self.mac.append(int(ev.src_mac))
                 self.hashes.append(h)
         self._frozen = None

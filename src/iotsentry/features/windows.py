@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import PacketContext, mix_keys
 from iotsentry.schema import PacketBatch
 
@@ -28,6 +29,7 @@ WINDOW_FEATURES: tuple[str, ...] = (
     "max_peers_per_port",
     "syn_only",
     "new_names",
+    "max_conns_per_target",
 )
 """Column names of :attr:`WindowTable.X`."""
 
@@ -41,6 +43,8 @@ class WindowTable:
     X: npt.NDArray[np.float64]
     group_of_packet: npt.NDArray[np.int64]
     """Row of this table for every packet of the batch (-1 for unattributed packets)."""
+    shape: npt.NDArray[np.float64] | None = None
+    """Per packet, its part in a scan or brute-force shape (see :func:`packet_shapes`)."""
 
     def __len__(self) -> int:
         return len(self.device)
@@ -80,6 +84,45 @@ def _max_distinct(
     counts = np.bincount(run_id).astype(np.float64)
     run_g = gs[new_a]
     np.maximum.at(out, run_g, counts)
+    return out
+
+
+LOGIN_PORTS = np.array([21, 22, 23, 2222, 2323, 3389, 5900, 1433, 3306, 8291, 5555, 7547], dtype=np.uint64)
+"""Services that password guessing aims at on a LAN (FTP, SSH, Telnet, RDP, VNC, databases,
+MikroTik, ADB, TR-069)."""
+
+
+def _distinct_b_per_a(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """For every row: how many distinct ``b`` values occur among the rows sharing its ``a``."""
+    if len(a) == 0:
+        return np.zeros(0)
+    ua, ia = np.unique(a, return_inverse=True)
+    _, first = np.unique(mix_keys(a, b), return_index=True)
+    counts = np.bincount(ia[first], minlength=len(ua)).astype(np.float64)
+    return counts[ia]
+
+
+def packet_shapes(
+    g: npt.NDArray[np.int64],
+    peer: npt.NDArray[np.uint64],
+    dport: npt.NDArray[np.uint64],
+    svc: npt.NDArray[np.uint64],
+    init: npt.NDArray[np.bool_],
+    attempts: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.float64]:
+    """Per packet (rows of one window table): ports probed on its peer, peers probed on its
+    port (both over the window's outbound initiations) and TCP connection attempts (SYN
+    without ACK) to its (peer, service), as three columns."""
+    out = np.zeros((len(g), 3))
+    gu = g.astype(np.uint64)
+    idx = np.flatnonzero(init)
+    if len(idx):
+        out[idx, 0] = _distinct_b_per_a(mix_keys(gu[idx], peer[idx]), dport[idx])
+        out[idx, 1] = _distinct_b_per_a(mix_keys(gu[idx], dport[idx]), peer[idx])
+    target = mix_keys(gu, peer, svc)
+    ut, it = np.unique(target, return_inverse=True)
+    per_target = np.bincount(it, weights=attempts.astype(np.float64), minlength=len(ut))
+    out[:, 2] = per_target[it]
     return out
 
 
@@ -136,6 +179,16 @@ def window_table(
         nt = new_token[valid]
         m4 = nt != 0
         X[:, col("new_names")] = _distinct_per_group(g[m4], nt[m4], ng)
+    # brute force: repeated TCP attempts to a remote service, or to a login service on the LAN
+    # (apps that poll a hub's local HTTP API open many short connections too)
+    hi, lo = ctx.peer_hi[valid], ctx.peer_lo[valid]
+    remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
+    login = np.isin(dport, LOGIN_PORTS)
+    shapes = packet_shapes(g, peer, dport, svc, oi, ctx.syn_only[valid] & (remote | login))
+    X[:, col("max_conns_per_target")] = 0.0
+    np.maximum.at(X[:, col("max_conns_per_target")], g, shapes[:, 2])
+    shape_all = np.zeros((n, 3))
+    shape_all[valid] = shapes
     device = (uk >> 40).astype(np.int32)
     window = (uk & ((1 << 40) - 1)).astype(np.int64)
-    return WindowTable(device, window, X, group)
+    return WindowTable(device, window, X, group, shape_all)

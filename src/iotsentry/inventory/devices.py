@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from iotsentry.inventory.addresses import is_local, is_multicast, is_unicast_mac, is_unspecified
+from iotsentry.features.addresses import is_local, is_multicast, is_unicast_mac, is_unspecified
+from iotsentry.features.device_context import mix_keys
 from iotsentry.inventory.device_type import guess_type
 from iotsentry.inventory.oui import vendor_of
 from iotsentry.schema import AppEvent, Device, PacketBatch, ip_to_str, mac_from_str, mac_to_str
@@ -60,6 +61,7 @@ class DeviceTracker:
         self.ip_names: dict[str, str] = {}
         """Last DNS / mDNS name seen resolving to each IP (used to name peers)."""
         self._dhcp_servers: Counter[int] = Counter()
+        self._seen_events: dict[tuple[int, str, int], Any] = {}
 
     # -- packets ---------------------------------------------------------------------------
     def update(self, batch: PacketBatch, events: list[AppEvent] | None = None) -> None:
@@ -67,6 +69,12 @@ class DeviceTracker:
         if len(batch):
             self._update_packets(batch)
         for ev in events or ():
+            key = (ev.src_mac, ev.kind, id(ev.fields))
+            if ev.kind != "dhcp" and key in self._seen_events:
+                continue  # the same announcement again (parsed fields are shared): nothing new
+            if len(self._seen_events) >= 200_000:
+                self._seen_events.clear()
+            self._seen_events[key] = ev.fields  # holding the dict keeps its id unique
             self._update_event(ev)
 
     def _update_packets(self, b: PacketBatch) -> None:
@@ -99,13 +107,15 @@ class DeviceTracker:
             # IP bindings: (mac, local source IP) pairs, ARP senders included
             bind = uni & (src_local | (is_arp & ~is_unspecified(b.src_ip_hi, b.src_ip_lo)))
             if bind.any():
-                keys = np.stack([src_mac[bind], b.src_ip_hi[bind], b.src_ip_lo[bind]], axis=1)
-                tsb = b.ts[bind]
-                uk, kinv = np.unique(keys, axis=0, return_inverse=True)
-                kinv = kinv.ravel()
-                lastb = np.full(len(uk), -np.inf)
-                np.maximum.at(lastb, kinv, tsb)
-                for (m, hi, lo), t in zip(uk.tolist(), lastb.tolist(), strict=True):
+                rows = np.flatnonzero(bind)
+                h = mix_keys(src_mac[rows], b.src_ip_hi[rows], b.src_ip_lo[rows])
+                _, first, kinv = np.unique(h, return_index=True, return_inverse=True)
+                lastb = np.full(len(first), -np.inf)
+                np.maximum.at(lastb, kinv, b.ts[rows])
+                r0 = rows[first]
+                hi0, lo0 = b.src_ip_hi[r0].tolist(), b.src_ip_lo[r0].tolist()
+                pairs = zip(src_mac[r0].tolist(), hi0, lo0, strict=True)
+                for (m, hi, lo), t in zip(pairs, lastb.tolist(), strict=True):
                     ip = ip_to_str(hi, lo)
                     st = self._macs[m]
                     st.ips[ip] = max(st.ips.get(ip, t), t)
@@ -134,8 +144,8 @@ class DeviceTracker:
 
     # -- application events ------------------------------------------------------------------
     def _device_for_event(self, mac: int) -> Device | None:
-        if mac == 0 or not is_unicast_mac(np.array([mac], dtype=np.uint64))[0]:
-            return None
+        if mac == 0 or (mac >> 40) & 1:
+            return None  # absent or group (multicast / broadcast) address
         key = mac_to_str(mac)
         dev = self._devices.get(key)
         if dev is None:

@@ -153,7 +153,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _print_summary(res)
         print(
             f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(res.alerts)} alerts "
-            f"({stored} stored) in {elapsed:.1f} s"
+            f"({stored} new in the store after de-duplication) in {elapsed:.1f} s"
         )
         print(f"store:  {db_path}\nalerts: {alerts_path}\nreport: {report_path}")
     return 0

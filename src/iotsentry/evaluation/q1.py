@@ -133,8 +133,22 @@ def score_capture(
     return res, index, ts, sc, [d.device_id for d in an.devices]
 
 
-def run_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> RecipeResult:
-    """Mix, analyze (learning before the splice only), and measure one recipe."""
+@dataclass
+class BuiltRecipe:
+    """A mixed capture with its per-frame labels (arrays sorted by frame index)."""
+
+    pcap: Path
+    index: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
+    label: npt.NDArray[np.int8]
+    from_attack: npt.NDArray[np.bool_]
+    splice_ts: float
+    learn_seconds: float
+    """From the first packet to the splice: the only traffic a detector may learn from."""
+
+
+def build_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> BuiltRecipe:
+    """Mix one recipe into ``work_dir`` and read back its labels."""
     from iotsentry.evaluation.mix import mix_captures
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,34 +166,50 @@ def run_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> RecipeResult:
         all_malicious=recipe.attack_log is None,
     )
     lidx, lts, lab, from_attack = _read_labels(labels)
-    # the splice is the first replayed packet; learning ends there
     splice_ts = float(lts[np.flatnonzero(from_attack)[0]])
-    learn_s = splice_ts - float(lts.min())
-    res, index, ts, scores, _ids = score_capture(out, learn_seconds=learn_s)
+    return BuiltRecipe(out, lidx, lts, lab, from_attack, splice_ts, splice_ts - float(lts.min()))
+
+
+def packet_metrics(built: BuiltRecipe, scores: npt.NDArray[np.float64], learn_end: float) -> dict[str, float]:
+    """Q1 packet metrics of per-frame ``scores`` (aligned with ``built.index``) after ``learn_end``:
+    all packets, and with negatives restricted to the benign capture's own packets."""
+    after = built.ts >= learn_end
+    y, s = built.label[after].astype(bool), scores[after]
+    keep = (after & ~built.from_attack) | (after & (built.label == 1))
+    y2, s2 = built.label[keep].astype(bool), scores[keep]
+    return {
+        "packets_after_splice": float(after.sum()),
+        "malicious_packets": float(y.sum()),
+        "auc_all": roc_auc(y, s),
+        "tpr_at_0_1pct_all": tpr_at_fpr(y, s, 0.001),
+        "auc_benign_negatives": roc_auc(y2, s2),
+        "tpr_at_0_1pct_benign_negatives": tpr_at_fpr(y2, s2, 0.001),
+    }
+
+
+def run_recipe(recipe: Recipe, data_dir: Path, work_dir: Path) -> RecipeResult:
+    """Mix, analyze (learning before the splice only), and measure one recipe."""
+    built = build_recipe(recipe, data_dir, work_dir)
+    res, index, ts, scores, _ids = score_capture(built.pcap, learn_seconds=built.learn_seconds)
     order = np.argsort(index)
     index, ts, scores = index[order], ts[order], scores[order]
-    if not np.array_equal(index, lidx):
-        raise RuntimeError(f"{labels}: labels and scores do not cover the same frames")
-    after = ts >= res.stats["learn_end"]
-    y = lab[after].astype(bool)
-    s = scores[after]
-    benign_own = after & ~from_attack
-    keep = benign_own | (after & (lab == 1))
-    y2, s2 = lab[keep].astype(bool), scores[keep]
+    if not np.array_equal(index, built.index):
+        raise RuntimeError(f"{built.pcap}: labels and scores do not cover the same frames")
+    m = packet_metrics(built, scores, res.stats["learn_end"])
     victim = _victim_device(res, recipe.victim_ip)
-    mal_ts = ts[lab == 1]
+    mal_ts = ts[built.label == 1]
     victim_alerts = [a for a in res.alerts if a.device_id == victim]
     lat = (
         detection_latency(float(mal_ts.min()), [a.timestamp for a in victim_alerts]) if len(mal_ts) else None
     )
     return RecipeResult(
         recipe=recipe.name,
-        packets_after_splice=int(after.sum()),
-        malicious_packets=int(y.sum()),
-        auc_all=roc_auc(y, s),
-        tpr_at_0_1pct_all=tpr_at_fpr(y, s, 0.001),
-        auc_benign_negatives=roc_auc(y2, s2),
-        tpr_at_0_1pct_benign_negatives=tpr_at_fpr(y2, s2, 0.001),
+        packets_after_splice=int(m["packets_after_splice"]),
+        malicious_packets=int(m["malicious_packets"]),
+        auc_all=m["auc_all"],
+        tpr_at_0_1pct_all=m["tpr_at_0_1pct_all"],
+        auc_benign_negatives=m["auc_benign_negatives"],
+        tpr_at_0_1pct_benign_negatives=m["tpr_at_0_1pct_benign_negatives"],
         latency_s=lat,
         infected_device_alerted=bool(victim_alerts),
         other_devices_alerted=sorted({a.device_id for a in res.alerts if a.device_id != victim}),

@@ -111,6 +111,8 @@ class Analyzer:
         self.packets = 0
         self.app_events = 0
         self.devices: list[Device] = []
+        self.baseline: Baseline | None = None
+        """The learned baselines of the last :meth:`run` (frozen)."""
         self.tokens = TokenLog()
 
     # -- pass 1 -------------------------------------------------------------------------------
@@ -159,6 +161,7 @@ class Analyzer:
         index = DeviceIndex([d.device_id for d in devices], gw)
         labels = [d.label for d in devices]
         baseline = Baseline([d.device_id for d in devices])
+        self.baseline = baseline
         t_end = self.learn_end()
         names = self.tracker.ip_names
         learned = 0

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import iotsentry.detectors.profile  # noqa: F401  (registers the profile detectors)
+import iotsentry.detectors
 from iotsentry.detectors.base import REGISTRY, Detector
 from iotsentry.evaluation.metrics import roc_auc
 from iotsentry.features.windows import WINDOW_FEATURES
+
+# every detector module registers its detectors on import: run the suite over all of them
+for _mod in pkgutil.iter_modules(iotsentry.detectors.__path__):
+    importlib.import_module(f"iotsentry.detectors.{_mod.name}")
 
 N_FEATURES = {"profile-window": len(WINDOW_FEATURES)}
 

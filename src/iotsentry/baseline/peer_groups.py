@@ -1,0 +1,431 @@
+"""Peer groups of devices that behave alike, and devices that leave their group.
+
+Each learned :class:`~iotsentry.baseline.profile.DeviceProfile` becomes a fixed-size profile
+vector (:func:`profile_vector`, columns :data:`PROFILE_FEATURES`) on a fixed scale, so that
+distances mean the same thing in every fleet: volume columns are ``log10`` of per-minute
+rates (1 = a factor of ten), share columns are fractions in [0, 1] (1 = a whole service or all
+peers swapped).
+
+:class:`PeerGroups` clusters the vectors (average-linkage agglomerative clustering cut at
+``distance_threshold``), by default on the *identity* columns (:data:`IDENTITY_COLUMNS`:
+service mix, local and DNS-named peer shares, frame size), which say what kind of device it
+is; a device whose *volumes* leave those of its group is what :meth:`PeerGroups.outliers`
+reports. Its distance to the group's medoid, over all columns, is compared with a robust
+threshold ``median + k · 1.4826 · MAD`` of the other members' distances (floored by
+``min_distance``), and the reason names the columns that differ most, e.g. "camera-2 sends
+40× the bytes per minute of its group (3 devices)".
+
+:func:`peer_group_findings` runs all this on a baseline and returns plain dicts the pipeline
+can turn into alerts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.baseline.profile import Baseline, DeviceProfile
+from iotsentry.features.windows import WINDOW_FEATURES
+
+__all__ = [
+    "COMMON_SERVICES",
+    "IDENTITY_COLUMNS",
+    "PROFILE_FEATURES",
+    "PeerGroups",
+    "peer_group_findings",
+    "profile_vector",
+    "profile_vectors",
+]
+
+F64 = npt.NDArray[np.float64]
+
+VOLUME_FEATURES = ("packets", "bytes", "peers", "services", "initiations")
+COMMON_SERVICES: tuple[str, ...] = (
+    "UDP/53",
+    "UDP/67",
+    "UDP/123",
+    "UDP/137",
+    "UDP/1900",
+    "UDP/5353",
+    "UDP/5683",
+    "TCP/22",
+    "TCP/23",
+    "TCP/80",
+    "TCP/443",
+    "TCP/554",
+    "TCP/1883",
+    "TCP/8080",
+    "TCP/8443",
+    "TCP/8883",
+    "TCP/49153",
+    "ICMP/0",
+)
+"""Services of the fixed-size service-mix part of the vector (plus one "other" column)."""
+
+PROFILE_FEATURES: tuple[str, ...] = (
+    *(f"{f}_{s}" for f in VOLUME_FEATURES for s in ("mean", "p90")),
+    "frame_size",
+    "peer_count",
+    "service_count",
+    "local_share",
+    "named_share",
+    *(f"svc:{s}" for s in COMMON_SERVICES),
+    "svc:other",
+)
+"""Column names of a profile vector."""
+
+IDENTITY_COLUMNS: tuple[int, ...] = tuple(
+    i
+    for i, n in enumerate(PROFILE_FEATURES)
+    if n.startswith("svc:") or n in ("local_share", "named_share", "frame_size")
+)
+"""Columns that describe what kind of device it is (used to form the groups)."""
+
+_PHRASES = {
+    "packets_mean": "sends {r} the packets per minute",
+    "packets_p90": "sends {r} the packets in its busy minutes (p90)",
+    "bytes_mean": "sends {r} the bytes per minute",
+    "bytes_p90": "sends {r} the bytes in its busy minutes (p90)",
+    "peers_mean": "contacts {r} the peers per minute",
+    "peers_p90": "contacts {r} the peers in its busy minutes (p90)",
+    "services_mean": "uses {r} the services per minute",
+    "services_p90": "uses {r} the services in its busy minutes (p90)",
+    "initiations_mean": "opens {r} the connections per minute",
+    "initiations_p90": "opens {r} the connections in its busy minutes (p90)",
+    "frame_size": "sends frames {r} the size",
+    "peer_count": "has {r} the distinct peers",
+    "service_count": "has {r} the distinct services",
+}
+
+
+def _is_local_ip(ip: str) -> bool:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return True
+    return bool(a.is_private or a.is_multicast or a.is_link_local or a.is_unspecified) or ip.endswith(".255")
+
+
+def profile_vector(profile: DeviceProfile) -> F64:
+    """Fixed-size, fixed-scale profile vector of one device (columns :data:`PROFILE_FEATURES`)."""
+    X = profile.matrix()
+    idx = [WINDOW_FEATURES.index(f) for f in VOLUME_FEATURES]
+    if len(X):
+        V = X[:, idx]
+        vol = np.column_stack([V.mean(axis=0), np.quantile(V, 0.9, axis=0)]).ravel()
+        frame = X[:, WINDOW_FEATURES.index("bytes")].sum() / max(
+            X[:, WINDOW_FEATURES.index("packets")].sum(), 1
+        )
+    else:
+        vol = np.zeros(2 * len(VOLUME_FEATURES))
+        frame = 0.0
+    # identity shares over recurrent peers / services (seen in two windows or more), so that a
+    # short burst (a scan, a flood) changes the volumes, not what kind of device it looks like
+    recurrent = [p for p, c in profile.peers.items() if c >= 2] or list(profile.peers)
+    local = [p for p in recurrent if _is_local_ip(p)]
+    remote = [p for p in recurrent if not _is_local_ip(p)]
+    local_share = len(local) / len(recurrent) if recurrent else 1.0
+    named_share = sum(1 for p in remote if profile.peer_names.get(p)) / len(remote) if remote else 1.0
+    n_win = max(len(profile.windows), 1)
+    svc = [min(profile.services.get(s, 0) / n_win, 1.0) for s in COMMON_SERVICES]
+    other = max((c for s, c in profile.services.items() if s not in COMMON_SERVICES), default=0)
+    peers = profile.peers
+    head = np.log10(1.0 + np.r_[vol, frame, len(peers), len(profile.services)])
+    return np.r_[head, local_share, named_share, svc, min(other / n_win, 1.0)].astype(np.float64)
+
+
+def profile_vectors(baseline: Baseline, min_windows: int = 1) -> tuple[list[str], F64]:
+    """(device ids, vectors) of the devices of a baseline with at least ``min_windows`` windows."""
+    ids: list[str] = []
+    rows: list[F64] = []
+    for prof in baseline.profiles:
+        if len(prof.windows) >= min_windows:
+            ids.append(prof.device_id)
+            rows.append(profile_vector(prof))
+    return ids, (np.vstack(rows) if rows else np.zeros((0, len(PROFILE_FEATURES))))
+
+
+def _ratio(d: float) -> str:
+    r = 10.0**d
+    if r >= 1.0:
+        return f"{r:.0f}×" if r >= 10 else f"{r:.1f}×"
+    return f"1/{1 / r:.0f} of" if r <= 0.1 else f"{r:.2f}×"
+
+
+class PeerGroups:
+    """Groups of similar devices; devices that leave their group (see module docstring).
+
+    Parameters
+    ----------
+    distance_threshold
+        Linkage distance at which clusters stop merging (on the clustering columns); also the
+        distance beyond which :meth:`assign` opens a new group.
+    cluster_columns
+        Columns used to form groups (default :data:`IDENTITY_COLUMNS`; ``None`` in a call to
+        the constructor with ``all_columns=True`` uses every column).
+    k_mad
+        Width of the robust outlier threshold in MADs.
+    min_distance
+        Floor of the outlier threshold (whole-vector distance; 1 = a factor of ten in one volume).
+    linkage
+        Agglomerative linkage: ``"average"``, ``"complete"``, ``"single"`` or ``"ward"``.
+    min_group_size
+        Smallest group in which :meth:`outliers` looks for a member that leaves it (the
+        leave-one-out threshold then rests on at least two other members).
+    random_state
+        Kept for reproducibility of the interface (agglomerative clustering is deterministic).
+    """
+
+    def __init__(
+        self,
+        distance_threshold: float = 0.8,
+        cluster_columns: Sequence[int] | None = IDENTITY_COLUMNS,
+        k_mad: float = 3.0,
+        min_distance: float = 1.0,
+        linkage: str = "average",
+        min_group_size: int = 4,
+        random_state: int = 0,
+    ) -> None:
+        self.linkage = linkage
+        self.min_group_size = min_group_size
+        self.distance_threshold = distance_threshold
+        self.cluster_columns = None if cluster_columns is None else [int(c) for c in cluster_columns]
+        self.k_mad = k_mad
+        self.min_distance = min_distance
+        self.random_state = random_state
+
+    def _cols(self, X: F64) -> F64:
+        return X if self.cluster_columns is None else X[:, self.cluster_columns]
+
+    def fit(
+        self,
+        device_ids: Sequence[str],
+        vectors: npt.ArrayLike,
+        feature_names: Sequence[str] = PROFILE_FEATURES,
+    ) -> Self:
+        """Cluster the devices and compute each group's medoid and outlier threshold."""
+        from sklearn.cluster import AgglomerativeClustering
+
+        X = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        if len(device_ids) != len(X):
+            raise ValueError(f"{len(device_ids)} device ids for {len(X)} vectors")
+        self.device_ids_ = np.asarray(list(device_ids), dtype=str)
+        self.feature_names_ = np.asarray(list(feature_names), dtype=str)
+        self.vectors_ = X
+        if len(X) >= 2:
+            raw = AgglomerativeClustering(
+                n_clusters=None,
+                distance_threshold=self.distance_threshold,
+                linkage=self.linkage,  # type: ignore[arg-type]
+            ).fit_predict(self._cols(X))
+        else:
+            raw = np.zeros(len(X), np.int64)
+        # group ids in order of first appearance (stable across sklearn versions)
+        _, first, inv = np.unique(raw, return_index=True, return_inverse=True)
+        relabel = np.argsort(np.argsort(first))
+        self.labels_ = relabel[inv.ravel()].astype(np.int64)
+        n_groups = int(self.labels_.max()) + 1 if len(X) else 0
+        medoids = np.zeros(n_groups, np.int64)
+        dist = np.zeros(len(X))
+        thresholds = np.zeros(n_groups)
+        for g in range(n_groups):
+            m = np.flatnonzero(self.labels_ == g)
+            D = np.linalg.norm(X[m, None, :] - X[None, m, :], axis=2)
+            med = int(m[np.argmin(D.sum(axis=1))])
+            medoids[g] = med
+            dist[m] = np.linalg.norm(X[m] - X[med], axis=1)
+        self.medoids_ = medoids
+        self.distances_ = dist
+        member_thr = np.full(len(X), np.inf)
+        for g in range(n_groups):
+            m = np.flatnonzero(self.labels_ == g)
+            others = m[m != medoids[g]]
+            thresholds[g] = self._threshold(dist[others])
+            for i in others.tolist():
+                # leave-one-out: the device under test does not widen its own threshold
+                member_thr[i] = self._threshold(dist[others[others != i]])
+        self.thresholds_ = thresholds
+        self.member_thresholds_ = member_thr
+        return self
+
+    def _threshold(self, d: F64) -> float:
+        if len(d) == 0:
+            return float("inf")
+        med = float(np.median(d))
+        mad = 1.4826 * float(np.median(np.abs(d - med)))
+        return max(self.min_distance, med + self.k_mad * mad)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups found by :meth:`fit`."""
+        return len(self.medoids_)
+
+    def assign(self, vector: npt.ArrayLike) -> int:
+        """Group of a new device: the nearest medoid's, or ``n_groups`` (a new group of its own)
+        when every medoid is farther than ``distance_threshold`` (on the clustering columns)."""
+        v = np.atleast_2d(np.asarray(vector, dtype=np.float64))
+        if not self.n_groups:
+            return 0
+        d = np.linalg.norm(self._cols(self.vectors_[self.medoids_]) - self._cols(v), axis=1)
+        g = int(np.argmin(d))
+        return g if d[g] <= self.distance_threshold else self.n_groups
+
+    def _reason(self, i: int, g: int, label: str, n: int) -> str:
+        return self._reason_for(self.vectors_[i], g, label, n, exclude=i)
+
+    def _reason_for(self, v: F64, g: int, label: str, n: int, exclude: int | None) -> str:
+        members = np.flatnonzero((self.labels_ == g) & (np.arange(len(self.labels_)) != exclude))
+        ref = np.median(self.vectors_[members], axis=0)
+        diff = v - ref
+        parts: list[str] = []
+        for j in np.argsort(-np.abs(diff))[:2].tolist():
+            if abs(diff[j]) < 0.05:
+                break
+            name = str(self.feature_names_[j])
+            if name in _PHRASES:
+                parts.append(_PHRASES[name].format(r=_ratio(float(diff[j]))) + " of its group")
+            elif name.startswith("svc:"):
+                parts.append(f"uses {name[4:]} in {v[j]:.0%} of its minutes vs {ref[j]:.0%} in its group")
+            else:
+                what = {"local_share": "local peers", "named_share": "remote peers reached by DNS name"}
+                parts.append(f"has {v[j]:.0%} {what.get(name, name)} vs {ref[j]:.0%} in its group")
+        if not parts:
+            parts = ["differs from the rest of its group"]
+        parts[0] += f" ({n} devices)"
+        return f"{label} " + "; ".join(parts)
+
+    def outliers(self, labels: Mapping[str, str] | None = None) -> list[tuple[str, int, float, str]]:
+        """Devices farther from their group's medoid than the group's robust threshold.
+
+        Returns
+        -------
+        list
+            ``(device_id, group, distance, reason)``, farthest (relative to the threshold) first.
+            Groups of fewer than ``min_group_size`` devices have no outliers (no robust reference).
+        """
+        out: list[tuple[float, tuple[str, int, float, str]]] = []
+        for i, g in enumerate(self.labels_.tolist()):
+            n = int((self.labels_ == g).sum())
+            if n < max(self.min_group_size, 3) or i == self.medoids_[g]:
+                continue
+            d = float(self.distances_[i])
+            thr = float(self.member_thresholds_[i])
+            if d > thr:
+                dev = str(self.device_ids_[i])
+                label = (labels or {}).get(dev, dev)
+                out.append((d / thr, (dev, g, d, self._reason(i, g, label, n))))
+        return [x for _, x in sorted(out, key=lambda t: -t[0])]
+
+    def check(
+        self, device_ids: Sequence[str], vectors: npt.ArrayLike, labels: Mapping[str, str] | None = None
+    ) -> list[tuple[str, int, float, str]]:
+        """Later profile vectors checked against the fitted groups (same tuples as :meth:`outliers`).
+
+        A known device is compared with the group it was fitted into, a new one with the group
+        :meth:`assign` gives it; the threshold is the group's (from all non-medoid members'
+        distances, floored by ``min_distance``), so groups of three fitted devices suffice.
+        """
+        V = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        known = {d: i for i, d in enumerate(self.device_ids_.tolist())}
+        out: list[tuple[float, tuple[str, int, float, str]]] = []
+        for dev, v in zip(device_ids, V, strict=True):
+            i = known.get(dev)
+            g = int(self.labels_[i]) if i is not None else self.assign(v)
+            if g >= self.n_groups:
+                continue
+            n = int((self.labels_ == g).sum())
+            thr = float(self.thresholds_[g])
+            if n < 3 or not np.isfinite(thr):
+                continue
+            d = float(np.linalg.norm(v - self.vectors_[self.medoids_[g]]))
+            if d > thr:
+                label = (labels or {}).get(dev, dev)
+                out.append((d / thr, (dev, g, d, self._reason_for(v, g, label, n, exclude=i))))
+        return [x for _, x in sorted(out, key=lambda t: -t[0])]
+
+    def group_summary(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per group: members, medoid, threshold and typical volumes."""
+        out = []
+        for g in range(self.n_groups):
+            m = np.flatnonzero(self.labels_ == g)
+            med = self.vectors_[self.medoids_[g]]
+            typical = {
+                str(n): round(float(10.0 ** med[j] - 1.0), 1)
+                for j, n in enumerate(self.feature_names_.tolist())
+                if n in ("packets_mean", "bytes_mean", "peers_mean", "peer_count", "service_count")
+            }
+            services = [
+                str(n)[4:]
+                for j, n in enumerate(self.feature_names_.tolist())
+                if str(n).startswith("svc:") and med[j] >= 0.5 and n != "svc:other"
+            ]
+            thr = float(self.thresholds_[g])
+            out.append(
+                {
+                    "group": g,
+                    "size": len(m),
+                    "devices": self.device_ids_[m].tolist(),
+                    "medoid": str(self.device_ids_[self.medoids_[g]]),
+                    "threshold": thr if np.isfinite(thr) else None,
+                    "typical": typical,
+                    "common_services": services,
+                }
+            )
+        return out
+
+    def scores(self) -> F64:
+        """Distance to the group medoid over the device's (leave-one-out) threshold; 0 where undefined."""
+        thr = self.member_thresholds_
+        size = np.bincount(self.labels_, minlength=self.n_groups)[self.labels_]
+        ok = np.isfinite(thr) & (thr > 0) & (size >= max(self.min_group_size, 3))
+        return np.where(ok, self.distances_ / np.where(ok, thr, 1.0), 0.0)
+
+
+def peer_group_findings(
+    baseline: Baseline,
+    labels: Mapping[str, str] | None = None,
+    min_windows: int = 5,
+    groups: PeerGroups | None = None,
+) -> list[dict[str, Any]]:
+    """Devices that leave their peer group, as dicts the pipeline can turn into alerts.
+
+    Parameters
+    ----------
+    baseline
+        Learned baselines (``Analyzer.baseline``).
+    labels
+        device_id -> human label used in the reasons (default: the device id).
+    min_windows
+        Devices with fewer learned windows are not grouped.
+    groups
+        An unfitted :class:`PeerGroups` with custom parameters (default ``PeerGroups()``).
+
+    Returns
+    -------
+    list of dict
+        ``device_id``, ``group``, ``reason``, ``score`` (distance / threshold, > 1) and
+        ``threshold`` (1.0), ``distance``, ``group_size``.
+    """
+    ids, X = profile_vectors(baseline, min_windows=min_windows)
+    if len(ids) < 3:
+        return []
+    pg = (groups or PeerGroups()).fit(ids, X)
+    out = []
+    score = dict(zip(pg.device_ids_.tolist(), pg.scores().tolist(), strict=True))
+    for dev, g, d, reason in pg.outliers(labels):
+        out.append(
+            {
+                "device_id": dev,
+                "group": g,
+                "reason": reason,
+                "score": score[dev],
+                "threshold": 1.0,
+                "distance": d,
+                "group_size": int((pg.labels_ == g).sum()),
+            }
+        )
+    return out

@@ -135,6 +135,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         timelines=res.timelines,
         baselines=res.baselines,
         run_info={"inputs": [str(p) for p in paths], **_readable_times(res.stats)},
+        peer_groups=res.peer_groups,
     )
     if args.json:
         print(

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
+from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings, profile_vectors
 from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
 from iotsentry.capture.decode import RawSpec
@@ -32,6 +33,9 @@ from iotsentry.features.device_context import WINDOW_S, DeviceIndex, packet_cont
 from iotsentry.features.flowmeter import FlowMeter
 from iotsentry.inventory.devices import DeviceTracker
 from iotsentry.schema import PROTO_NAMES, Alert, Device, PacketBatch
+
+PEER_MIN_WINDOWS = 5
+"""Devices with fewer learned windows are left out of peer grouping."""
 
 Progress = Callable[[str, int], None]
 """Called with (phase, packets done so far)."""
@@ -60,6 +64,7 @@ class AnalysisResult:
     baselines: dict[str, dict[str, Any]]
     timelines: dict[str, dict[str, list[float]]]
     stats: dict[str, Any] = field(default_factory=dict)
+    peer_groups: list[dict[str, Any]] = field(default_factory=list)
 
 
 def iter_batches(
@@ -228,6 +233,7 @@ class Analyzer:
             if progress:
                 progress("detection", done)
         n_flows += len(meter.flush())
+        groups = self._peer_groups(baseline, labels, policy)
         baselines = {}
         for prof, model, mature in zip(
             baseline.profiles, detector.window_models, detector.mature, strict=False
@@ -262,4 +268,27 @@ class Analyzer:
             "gateway": gw,
             "alerts_suppressed": policy.suppressed,
         }
-        return AnalysisResult(devices, policy.alerts(), baselines, timelines, stats)
+        return AnalysisResult(devices, policy.alerts(), baselines, timelines, stats, groups)
+
+    def _peer_groups(
+        self, baseline: Baseline, labels: list[str], policy: AlertPolicy
+    ) -> list[dict[str, Any]]:
+        """Group devices that behave alike; alert on a device that leaves its group."""
+        ids, X = profile_vectors(baseline, min_windows=PEER_MIN_WINDOWS)
+        if len(ids) < 3:
+            return []
+        groups = PeerGroups().fit(ids, X)
+        label_of = dict(zip(baseline.device_ids, labels, strict=False))
+        for f in peer_group_findings(baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups()):
+            prof = baseline.profiles[baseline.device_ids.index(f["device_id"])]
+            policy.make(
+                ts=prof.last_ts,
+                device_id=f["device_id"],
+                detector="peer-groups",
+                detector_version="1",
+                score=float(f["score"]),
+                threshold=float(f["threshold"]),
+                category="peer-outlier",
+                reason=str(f["reason"]),
+            )
+        return groups.group_summary()

@@ -267,6 +267,28 @@ def _alert_table(alerts: Sequence[Alert], by_id: Mapping[str, Device], max_rows:
     return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
+def _peer_group_section(groups: list[dict[str, Any]] | None, devices: list[Device]) -> list[str]:
+    """Devices that behave alike, one row per group (empty when grouping did not run)."""
+    if not groups:
+        return []
+    names = {d.device_id: d.label for d in devices}
+    rows = []
+    for g in groups:
+        members = ", ".join(f"{names.get(m, m)} ({m})" if names.get(m, m) != m else m for m in g["devices"])
+        typical = ", ".join(f"{k} {v}" for k, v in sorted(g.get("typical", {}).items()))
+        rows.append(
+            f"<tr><td>{_e(g['group'])}</td><td>{_e(g['size'])}</td><td>{_e(members)}</td>"
+            f"<td>{_e(', '.join(g.get('common_services', [])))}</td><td>{_e(typical)}</td></tr>"
+        )
+    return [
+        "<h2>Peer groups</h2>",
+        '<p class="muted">Devices clustered by behaviour (service mix, local/named peer shares, frame '
+        "size); a device that leaves its group is alerted.</p>",
+        "<table><tr><th>Group</th><th>Size</th><th>Devices</th><th>Common services</th>"
+        "<th>Typical per minute</th></tr>" + "".join(rows) + "</table>",
+    ]
+
+
 def write_report(
     path: str | Path,
     *,
@@ -278,6 +300,7 @@ def write_report(
     run_info: dict[str, Any],
     max_alert_rows: int = 5000,
     max_device_plots: int = 60,
+    peer_groups: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the HTML report of one run to ``path`` (atomically: a temporary file is renamed).
 
@@ -334,6 +357,7 @@ def write_report(
         _run_table(run_info),
         "<h2>Devices</h2>",
         _device_table(devices, baselines, per_device),
+        *_peer_group_section(peer_groups, devices),
         "<h2>Alerts</h2>",
     ]
     if alerts_sorted:

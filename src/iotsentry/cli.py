@@ -262,6 +262,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 # -- score ------------------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.flows:
+        return _score_flows(args)
+    if args.input is None or args.learn_seconds is None:
+        raise IotSentryError("score: give a capture and --learn-seconds S (or --flows LOG --model DIR)")
+    model = args.model or "profile"
+    if model != "profile":
+        return _score_with_stream_model(args, model)
     import numpy as np
 
     from iotsentry.pipeline import AnalysisConfig, Analyzer
@@ -275,18 +282,82 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         def sink(batch: Any, device: Any, scores: Any) -> None:
             names = np.array([*(d.device_id for d in an.devices), ""], dtype=object)
-            dev = names[np.where(device >= 0, device, len(an.devices))]
-            lines = [
-                f"{i},{t:.6f},{d},{s:.6f}"
-                for i, t, d, s in zip(
-                    batch.index.tolist(), batch.ts.tolist(), dev.tolist(), scores.tolist(), strict=True
-                )
-            ]
-            fh.write("\n".join(lines))
-            fh.write("\n")
+            _write_rows(
+                fh, batch.index, batch.ts, names[np.where(device >= 0, device, len(an.devices))], scores
+            )
 
         an.run(progress=bar, score_sink=sink)
     print(f"{an.packets:,} packets scored -> {out}")
+    return 0
+
+
+def _write_rows(fh: Any, index: Any, ts: Any, device: Any, scores: Any) -> None:
+    lines = [
+        f"{i},{t:.6f},{d},{s:.6f}"
+        for i, t, d, s in zip(index.tolist(), ts.tolist(), list(device), scores.tolist(), strict=True)
+    ]
+    if lines:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _score_with_stream_model(args: argparse.Namespace, model: str) -> int:
+    """Per-packet scores from a packet-stream model (damped statistics + kitnet / iforest)."""
+    import numpy as np
+
+    from iotsentry.capture.reader import read_packets
+    from iotsentry.detectors.stream import score_capture_with_model
+    from iotsentry.features.device_context import DeviceIndex, packet_context
+    from iotsentry.pipeline import Analyzer
+
+    (path,) = _check_inputs([args.input])
+    index, ts, scores = score_capture_with_model(path, args.learn_seconds, model)
+    an = Analyzer([path])
+    devices = an.inventory()
+    gw = next((d.device_id for d in devices if d.is_gateway), None)
+    dindex = DeviceIndex([d.device_id for d in devices], gw)
+    names = np.array([*(d.device_id for d in devices), ""], dtype=object)
+    order = np.argsort(index, kind="stable")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = 0
+    with out.open("w") as fh:
+        fh.write("index,ts,device,score\n")
+        for b in read_packets(path):
+            dev = packet_context(b, dindex).device
+            rows = order[done : done + len(b)]
+            done += len(b)
+            _write_rows(fh, index[rows], ts[rows], names[np.where(dev >= 0, dev, len(devices))], scores[rows])
+    print(f"{done:,} packets scored with {model} -> {out}")
+    return 0
+
+
+def _score_flows(args: argparse.Namespace) -> int:
+    from iotsentry.detectors.flow_models import score_flows
+
+    if not args.model:
+        raise IotSentryError("score --flows needs --model MODEL_DIR (made by iotsentry train --flows)")
+    (log,) = _check_inputs([args.flows])
+    model_dir = Path(args.model)
+    if not (model_dir / "manifest.json").exists():
+        raise IotSentryError(f"{model_dir}: not a model directory (no manifest.json)")
+    index, uid, score, predicted = score_flows(log, model_dir)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh:
+        fh.write("index,uid,score,predicted_class\n")
+        for i, u, s, c in zip(index.tolist(), uid, score.tolist(), predicted, strict=True):
+            fh.write(f"{i},{u},{s:.6f},{c}\n")
+    print(f"{len(index):,} flows scored -> {out}")
+    return 0
+
+
+# -- train --------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from iotsentry.detectors.flow_models import train_flows
+
+    paths = _check_inputs(args.flows)
+    info = train_flows(list(paths), Path(args.out), model=args.model)
+    print(json.dumps(info, indent=2, default=str))
     return 0
 
 
@@ -312,17 +383,36 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 # -- eval -------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from iotsentry.evaluation.q1 import run_q1
+    results, data = Path(args.results), Path(args.data)
+    if not data.exists():
+        raise IotSentryError(f"{data}: data folder not found (give --data)")
+    if args.benchmark == "q1":
+        from iotsentry.evaluation.q1 import run_q1
 
-    if args.benchmark != "q1":
-        raise IotSentryError(f"eval {args.benchmark}: not available yet (q1 is)")
-    run_q1(
-        recipes=args.recipe,
-        data_dir=Path(args.data),
-        results=Path(args.results),
-        work_dir=Path(args.work_dir),
-    )
+        run_q1(recipes=args.recipe, data_dir=data, results=results, work_dir=Path(args.work_dir))
+        if args.models:
+            from iotsentry.evaluation.q1_models import q1_model_rows, q1_models_markdown
+
+            names = args.recipe or None
+            rows = q1_model_rows(names, data, Path(args.work_dir), models=tuple(args.models.split(",")))
+            _append(results, q1_models_markdown(rows), "iotsentry eval q1 --models " + args.models)
+    elif args.benchmark == "q2":
+        from iotsentry.evaluation.q2 import q2_markdown, run_q2
+
+        _append(results, q2_markdown(run_q2(data)), "iotsentry eval q2")
+    else:
+        from iotsentry.evaluation.q3 import q3_markdown, run_q3
+
+        _append(results, q3_markdown(run_q3(data, n_jobs=args.jobs)), "iotsentry eval q3")
     return 0
+
+
+def _append(results: Path, markdown: str, command: str) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with results.open("a") as fh:
+        fh.write(f"\n<!-- {stamp}: `{command}` -->\n{markdown.rstrip()}\n")
+    print(markdown)
 
 
 # -- demo -------------------------------------------------------------------------------------------
@@ -373,11 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devices)
 
-    s = sub.add_parser("score", help="per-packet anomaly scores as CSV (index,ts,device,score)")
-    s.add_argument("input")
-    s.add_argument("--learn-seconds", type=float, required=True)
+    s = sub.add_parser(
+        "score",
+        help="per-packet scores (index,ts,device,score) or, with --flows, per-flow scores "
+        "(index,uid,score,predicted_class)",
+    )
+    s.add_argument("input", nargs="?", help="capture to score packet by packet")
+    s.add_argument("--learn-seconds", type=float, help="learn from the first S seconds of the capture")
+    s.add_argument(
+        "--model",
+        help="packets: profile (default), kitnet or iforest; flows: the model directory from 'train --flows'",
+    )
+    s.add_argument("--flows", help="Zeek conn log / IoT-23 CSV to score flow by flow")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_score)
+
+    t = sub.add_parser("train", help="train a flow model on labeled Zeek conn logs / IoT-23 CSVs")
+    t.add_argument("--flows", nargs="+", required=True)
+    t.add_argument("--out", required=True, help="model directory to write")
+    t.add_argument("--model", default="hgb", choices=["hgb", "mlp"])
+    t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("mix", help="infection replay: a malicious host's traffic re-addressed onto a device")
     m.add_argument("--benign", required=True)
@@ -398,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=str(Path("..") / "shared" / "data"))
     e.add_argument("--results", default="docs/results.md")
     e.add_argument("--work-dir", default=str(DEFAULT_OUT / "eval"))
+    e.add_argument("--models", help="q1: also evaluate these packet models, e.g. kitnet,iforest")
+    e.add_argument("--jobs", type=int, default=1, help="q3: parallel jobs")
     e.set_defaults(func=cmd_eval)
 
     dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
@@ -419,6 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IotSentryError as e:
         _eprint(f"iotsentry: error: {e}")
         return 2
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error
+        sys.stderr.close()
+        return 0
     except OSError as e:
         _eprint(f"iotsentry: error: {e.filename or ''}: {e.strerror or e}")
         return 2

@@ -391,9 +391,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         run_q1(recipes=args.recipe, data_dir=data, results=results, work_dir=Path(args.work_dir))
         if args.models:
+            from iotsentry.evaluation.q1 import RECIPES
             from iotsentry.evaluation.q1_models import q1_model_rows, q1_models_markdown
 
-            names = args.recipe or None
+            names = list(args.recipe or RECIPES)
             rows = q1_model_rows(names, data, Path(args.work_dir), models=tuple(args.models.split(",")))
             _append(results, q1_models_markdown(rows), "iotsentry eval q1 --models " + args.models)
     elif args.benchmark == "q2":

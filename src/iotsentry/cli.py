@@ -396,6 +396,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             names = list(args.recipe or RECIPES)
             rows = q1_model_rows(names, data, Path(args.work_dir), models=tuple(args.models.split(",")))
+            from iotsentry.evaluation.q1_fusion import q1_fused_rows
+
+            rows += q1_fused_rows(names, data, Path(args.work_dir))
             _append(results, q1_models_markdown(rows), "iotsentry eval q1 --models " + args.models)
     elif args.benchmark == "q2":
         from iotsentry.evaluation.q2 import q2_markdown, run_q2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import data_path
 
+from conftest import data_path
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
 from iotsentry.capture.reader import read_all
 

@@ -1,7 +1,8 @@
 """Per-device behavioural baselines: peers, services, volumes per window, discovery over time.
 
 The baseline is learned from the packets of a learning period, window by window, and then
-frozen: membership tests during detection are vectorised (sorted hash arrays). Peers are kept
+frozen: membership tests during detection are vectorised (sorted hash arrays). The per-packet
+grouping while learning runs in the numba hash kernels of ``features._window_kernels``. Peers are kept
 with the DNS name that resolved to them, so a cloud service that rotates addresses behind one
 name stays known.
 """
@@ -17,15 +18,32 @@ import numpy.typing as npt
 
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
+from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
-from iotsentry.features.device_context import PacketContext, mix_keys
+from iotsentry.features.device_context import PacketContext
 from iotsentry.features.windows import WINDOW_FEATURES, window_table
-from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_to_str
+from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_from_str, ip_to_str
 
 MAX_PEERS_LISTED = 64
 
 TokenRows = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint64]]
 """Application tokens of a batch: (packet row, device number, token hash)."""
+
+KeyStats = tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]
+"""Per packet key number, and per distinct key (first-appearance order): key, first window,
+number of windows, representative row (see ``_window_kernels.key_windows``)."""
+
+
+def _mix(*cols: npt.NDArray[np.generic]) -> npt.NDArray[np.uint64]:
+    """``mix_keys`` of the columns, in one pass."""
+    out: npt.NDArray[np.uint64] = K.mix(np.stack([np.asarray(c, dtype=np.uint64) for c in cols]))
+    return out
 
 
 @dataclass
@@ -118,14 +136,12 @@ class Baseline:
     @staticmethod
     def peer_keys(ctx: PacketContext) -> npt.NDArray[np.uint64]:
         """Hash of (device, peer address) per packet."""
-        return mix_keys(ctx.device.astype(np.uint64), ctx.peer_hi, ctx.peer_lo)
+        return _mix(ctx.device.astype(np.uint64), ctx.peer_hi, ctx.peer_lo)
 
     @staticmethod
     def service_keys(ctx: PacketContext) -> npt.NDArray[np.uint64]:
         """Hash of (device, protocol, service port) per packet."""
-        return mix_keys(
-            ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64)
-        )
+        return _mix(ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64))
 
     # -- lookups -----------------------------------------------------------------------------
     def peer_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
@@ -148,17 +164,19 @@ class Baseline:
         local |= batch.ip_version == 0
         cand = np.flatnonzero(~local & (ctx.device >= 0))
         if len(cand) and ip_names:
-            keys = np.stack([ctx.device[cand].astype(np.uint64), ctx.peer_hi[cand], ctx.peer_lo[cand]], 1)
-            uk, inv = np.unique(keys, axis=0, return_inverse=True)
-            hn = np.zeros(len(uk), dtype=bool)
-            nk = np.zeros(len(uk), dtype=bool)
-            for i, (dev, hi, lo) in enumerate(uk.tolist()):
-                name = ip_names.get(ip_to_str(hi, lo))
-                if name:
-                    hn[i] = True
-                    nk[i] = name in self._names.get(dev, ())
-            has_name[cand] = hn[inv.ravel()]
-            name_known[cand] = nk[inv.ravel()]
+            # distinct peer addresses, their names, then (device, name) pairs against the learned names
+            inv, uhi, ulo, _ = K.intern(ctx.peer_hi[cand], ctx.peer_lo[cand], True)
+            names = _ip_names(uhi, ulo, ip_names, via_table=len(uhi) > len(ip_names))
+            number: dict[str, int] = {}
+            ip_name = np.array([number.setdefault(s, len(number)) if s else -1 for s in names], np.int64)
+            pkt_name = ip_name[inv]
+            has_name[cand] = pkt_name >= 0
+            pairs = [(d, number[s]) for d, learned in self._names.items() for s in learned if s in number]
+            if pairs:
+                pd = np.array([d for d, _ in pairs], dtype=np.uint64)
+                pn = np.array([k for _, k in pairs], dtype=np.uint64)
+                hit = K.lookup_pairs(ctx.device[cand].astype(np.uint64), pkt_name.astype(np.uint64), pd, pn)
+                name_known[cand] = (hit >= 0) & (pkt_name >= 0)
         return has_name | local, name_known, local
 
     def new_tokens(self, n: int, tokens: TokenRows | None) -> npt.NDArray[np.uint64]:
@@ -193,8 +211,11 @@ class Baseline:
         valid = (ctx.device >= 0) & (batch.ip_version > 0)
         pk = self.peer_keys(ctx)
         sk = self.service_keys(ctx)
-        known_p = self._first_window_flags(pk, ctx.window, valid, self._peer_win)
-        known_s = self._first_window_flags(sk, ctx.window, valid, self._svc_win)
+        idx = np.flatnonzero(valid)
+        pst = _key_stats(pk, ctx.window, idx)
+        sst = _key_stats(sk, ctx.window, idx)
+        known_p = self._first_window_flags(pst, ctx.window, idx, self._peer_win)
+        known_s = self._first_window_flags(sst, ctx.window, idx, self._svc_win)
         has_name, name_known, local = self.named(batch, ctx, ip_names)
         new_tok = self._first_tokens(len(batch), ctx, tokens)
         table = window_table(
@@ -206,17 +227,14 @@ class Baseline:
             prof.window_ts.append(float(table.window[r]) * 60.0)
         keys, rows = connection_starts(batch.ts, ctx, valid)
         self.periodicity.learn(keys, batch.ts[rows].tolist(), self.series_labels(ctx, rows, ip_names))
-        self._account_pairs(pk, ctx, valid, batch, ip_names, kind="peer")
-        self._account_pairs(sk, ctx, valid, batch, ip_names, kind="service")
+        self._account_pairs(pst, idx, ctx, batch, ip_names, kind="peer")
+        self._account_pairs(sst, idx, ctx, batch, ip_names, kind="service")
         # time span per device
         dv = ctx.device[ctx.device >= 0]
         if len(dv):
             ts = batch.ts[ctx.device >= 0]
-            first = np.full(len(self.profiles), np.inf)
-            last = np.full(len(self.profiles), -np.inf)
-            np.minimum.at(first, dv, ts)
-            np.maximum.at(last, dv, ts)
-            for d in np.unique(dv).tolist():
+            first, last = K.min_max_per_group(dv.astype(np.int64), ts.astype(np.float64), len(self.profiles))
+            for d in np.flatnonzero(np.bincount(dv, minlength=len(self.profiles))).tolist():
                 p = self.profiles[d]
                 p.first_ts = min(p.first_ts, float(first[d]))
                 p.last_ts = max(p.last_ts, float(last[d]))
@@ -244,74 +262,83 @@ class Baseline:
 
     @staticmethod
     def _first_window_flags(
-        keys: npt.NDArray[np.uint64],
-        window: npt.NDArray[np.int64],
-        valid: npt.NDArray[np.bool_],
-        seen: dict[int, int],
+        stats: KeyStats, window: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], seen: dict[int, int]
     ) -> npt.NDArray[np.bool_]:
         """Known = seen in an earlier batch, or earlier in this batch than the packet's window."""
-        out = np.zeros(len(keys), dtype=bool)
-        idx = np.flatnonzero(valid)
+        out = np.zeros(len(window), dtype=bool)
         if not len(idx):
             return out
-        uk, inv = np.unique(keys[idx], return_inverse=True)
-        first_w = np.full(len(uk), np.iinfo(np.int64).max)
-        np.minimum.at(first_w, inv, window[idx])
+        inv, uk, first_w, _, _ = stats
         before = np.array([k in seen for k in uk.tolist()], dtype=bool)
         out[idx] = before[inv] | (window[idx] > first_w[inv])
         return out
 
     def _account_pairs(
         self,
-        keys: npt.NDArray[np.uint64],
+        stats: KeyStats,
+        idx: npt.NDArray[np.int64],
         ctx: PacketContext,
-        valid: npt.NDArray[np.bool_],
         batch: PacketBatch,
         ip_names: dict[str, str],
         kind: str,
     ) -> None:
-        idx = np.flatnonzero(valid)
+        """Windows per key into the store and the human-readable profile (keys in sorted order)."""
         if not len(idx):
             return
-        # distinct (key, window) pairs -> windows per key
-        kw = np.stack([keys[idx], ctx.window[idx].astype(np.uint64)], 1)
-        ukw, first_pos = np.unique(kw, axis=0, return_index=True)
-        uk, cnt = np.unique(ukw[:, 0], return_counts=True)
-        # one representative packet per key for the human-readable profile
-        rep_of_key: dict[int, int] = {}
-        for (k, _w), pos in zip(ukw.tolist(), first_pos.tolist(), strict=True):
-            rep_of_key.setdefault(k, int(idx[pos]))
+        _, uk, _, nwin, rep_row = stats
+        order = np.argsort(uk)
+        rows = idx[rep_row[order]]
         store = self._peer_win if kind == "peer" else self._svc_win
-        for k, c in zip(uk.tolist(), cnt.tolist(), strict=True):
-            i = rep_of_key[k]
-            dev = int(ctx.device[i])
+        devs = ctx.device[rows].tolist()
+        ts = batch.ts[rows].tolist()
+        if kind == "peer":
+            a, b = ctx.peer_hi[rows].tolist(), ctx.peer_lo[rows].tolist()
+        else:
+            a, b = ctx.proto[rows].tolist(), ctx.service[rows].tolist()
+        for k, c, dev, t, x, y in zip(uk[order].tolist(), nwin[order].tolist(), devs, ts, a, b, strict=True):
             prof = self.profiles[dev]
             if k not in store:
-                prof.discoveries.append(float(batch.ts[i]))
-            store[k] = store.get(k, 0) + int(c)
+                prof.discoveries.append(t)
+            store[k] = store.get(k, 0) + c
             if kind == "peer":
-                ip = ip_to_str(ctx.peer_hi[i], ctx.peer_lo[i])
-                prof.peers[ip] += int(c)
+                ip = ip_to_str(x, y)
+                prof.peers[ip] += c
                 name = ip_names.get(ip)
                 if name:
                     prof.peer_names[ip] = name
                     self._names[dev].add(name)
                     prof.names.add(name)
             else:
-                prof.services[service_label(ctx.proto[i], ctx.service[i])] += int(c)
+                prof.services[service_label(x, y)] += c
 
     @staticmethod
     def series_labels(
         ctx: PacketContext, rows: npt.NDArray[np.int64], ip_names: dict[str, str]
     ) -> list[tuple[int, str, str]]:
         """(device, peer name or address, service) of the given packet rows."""
-        out = []
-        for r in rows.tolist():
-            ip = ip_to_str(ctx.peer_hi[r], ctx.peer_lo[r])
-            out.append(
-                (int(ctx.device[r]), ip_names.get(ip, ip), service_label(ctx.proto[r], ctx.service[r]))
-            )
-        return out
+        if not len(rows):
+            return []
+        # one label per distinct (address, device, service), then spread over the rows
+        ipn, _, _, _ = K.intern(ctx.peer_hi[rows], ctx.peer_lo[rows], True)
+        dps = (
+            (ctx.device[rows].astype(np.int64).astype(np.uint64) << np.uint64(24))
+            | (ctx.proto[rows].astype(np.uint64) << np.uint64(16))
+            | ctx.service[rows].astype(np.uint64)
+        )
+        inv, _, _, first = K.intern(ipn.view(np.uint64), dps, True)
+        fr = rows[first]
+        labels = []
+        for d, hi, lo, proto, svc in zip(
+            ctx.device[fr].tolist(),
+            ctx.peer_hi[fr].tolist(),
+            ctx.peer_lo[fr].tolist(),
+            ctx.proto[fr].tolist(),
+            ctx.service[fr].tolist(),
+            strict=True,
+        ):
+            ip = ip_to_str(hi, lo)
+            labels.append((d, ip_names.get(ip, ip), service_label(proto, svc)))
+        return [labels[j] for j in inv.tolist()]
 
     def freeze(self) -> None:
         """End learning: build the vectorised lookup tables and the learned schedules."""
@@ -330,6 +357,47 @@ class Baseline:
         self.device_ids.append(device_id)
         self.profiles.append(DeviceProfile(device_id))
         return len(self.profiles) - 1
+
+
+def _key_stats(
+    keys: npt.NDArray[np.uint64], window: npt.NDArray[np.int64], idx: npt.NDArray[np.int64]
+) -> KeyStats:
+    """Distinct keys of the rows ``idx`` with their first window, window count and first row there."""
+    out: KeyStats = K.key_windows(
+        np.ascontiguousarray(keys[idx]), np.ascontiguousarray(window[idx], dtype=np.int64)
+    )
+    return out
+
+
+def _ip_names(
+    hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64], ip_names: dict[str, str], via_table: bool
+) -> list[str]:
+    """The DNS name (or "") of each address.
+
+    Either formats every address and looks it up, or (for many addresses) parses the keys of
+    ``ip_names`` once and matches the pairs: a key matches an address exactly when it is the
+    canonical text of that address (``ip_to_str`` and ``ip_from_str`` round-trip).
+    """
+    if not via_table:
+        return [ip_names.get(ip_to_str(h, x)) or "" for h, x in zip(hi.tolist(), lo.tolist(), strict=True)]
+    th: list[int] = []
+    tl: list[int] = []
+    tn: list[str] = []
+    for text, name in ip_names.items():
+        try:
+            h, x = ip_from_str(text)
+        except ValueError:
+            continue
+        if ip_to_str(h, x) == text:
+            th.append(h)
+            tl.append(x)
+            tn.append(name or "")
+    if not tn:
+        return [""] * len(hi)
+    pos = K.lookup_pairs(
+        np.ascontiguousarray(hi), np.ascontiguousarray(lo), np.array(th, np.uint64), np.array(tl, np.uint64)
+    )
+    return [tn[p] if p >= 0 else "" for p in pos.tolist()]
 
 
 def _sorted_table(d: dict[int, int]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:

@@ -1,4 +1,4 @@
-"""Per-device time-window features, computed for a whole batch at once with numpy grouping.
+"""Per-device time-window features, computed for a whole batch at once (numba hash kernels).
 
 Each row describes one device during one window (``WINDOW_S`` seconds): volumes, distinct
 peers and services, how many of them the device's baseline has never seen, connection
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
-from iotsentry.features.device_context import PacketContext, mix_keys
+from iotsentry.features.device_context import PacketContext
 from iotsentry.schema import PacketBatch
 
 WINDOW_FEATURES: tuple[str, ...] = (
@@ -54,52 +55,40 @@ class WindowTable:
         return self.X[:, WINDOW_FEATURES.index(name)]
 
 
+LOGIN_PORTS = np.array([21, 22, 23, 2222, 2323, 3389, 5900, 1433, 3306, 8291, 5555, 7547], dtype=np.uint64)
+"""Services that password guessing aims at on a LAN (FTP, SSH, Telnet, RDP, VNC, databases,
+MikroTik, ADB, TR-069)."""
+
+
+def _u64(x: npt.NDArray[np.generic]) -> npt.NDArray[np.uint64]:
+    """A contiguous ``uint64`` copy or view (bit pattern kept for 64-bit integers)."""
+    if x.dtype.itemsize == 8 and x.dtype.kind in "iu":
+        return np.ascontiguousarray(x).view(np.uint64)
+    return np.ascontiguousarray(x, dtype=np.uint64)
+
+
 def _distinct_per_group(
-    g: npt.NDArray[np.int64], key: npt.NDArray[np.uint64], ngroups: int
+    g: npt.NDArray[np.int64], key: npt.NDArray[np.uint64], flags: npt.NDArray[np.bool_], ngroups: int
 ) -> npt.NDArray[np.float64]:
+    """Per group (rows) and flag column: how many distinct ``key`` values the flagged rows hold."""
     if len(g) == 0:
-        return np.zeros(ngroups)
-    order = np.lexsort((key, g))
-    gs, ks = g[order], key[order]
-    first = np.ones(len(gs), dtype=bool)
-    first[1:] = (gs[1:] != gs[:-1]) | (ks[1:] != ks[:-1])
-    return np.bincount(gs[first], minlength=ngroups).astype(np.float64)
+        return np.zeros((ngroups, flags.shape[1]))
+    inv, kg, _, _ = K.intern(_u64(g), _u64(key), True)
+    return K.flagged_distinct(inv, kg.view(np.int64), np.ascontiguousarray(flags), ngroups)
 
 
 def _max_distinct(
     g: npt.NDArray[np.int64], a: npt.NDArray[np.uint64], bkey: npt.NDArray[np.uint64], ngroups: int
 ) -> npt.NDArray[np.float64]:
     """Per group: the largest number of distinct ``bkey`` values sharing one ``a`` value."""
-    out = np.zeros(ngroups)
-    if len(g) == 0:
-        return out
-    order = np.lexsort((bkey, a, g))
-    gs, as_, bs = g[order], a[order], bkey[order]
-    new_b = np.ones(len(gs), dtype=bool)
-    new_b[1:] = (gs[1:] != gs[:-1]) | (as_[1:] != as_[:-1]) | (bs[1:] != bs[:-1])
-    gs, as_ = gs[new_b], as_[new_b]
-    new_a = np.ones(len(gs), dtype=bool)
-    new_a[1:] = (gs[1:] != gs[:-1]) | (as_[1:] != as_[:-1])
-    run_id = np.cumsum(new_a) - 1
-    counts = np.bincount(run_id).astype(np.float64)
-    run_g = gs[new_a]
-    np.maximum.at(out, run_g, counts)
+    out: npt.NDArray[np.float64] = K.max_distinct(_u64(g), _u64(a), _u64(bkey), ngroups)
     return out
 
 
-LOGIN_PORTS = np.array([21, 22, 23, 2222, 2323, 3389, 5900, 1433, 3306, 8291, 5555, 7547], dtype=np.uint64)
-"""Services that password guessing aims at on a LAN (FTP, SSH, Telnet, RDP, VNC, databases,
-MikroTik, ADB, TR-069)."""
-
-
-def _distinct_b_per_a(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
-    """For every row: how many distinct ``b`` values occur among the rows sharing its ``a``."""
-    if len(a) == 0:
-        return np.zeros(0)
-    ua, ia = np.unique(a, return_inverse=True)
-    _, first = np.unique(mix_keys(a, b), return_index=True)
-    counts = np.bincount(ia[first], minlength=len(ua)).astype(np.float64)
-    return counts[ia]
+def _mix(*cols: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """``mix_keys`` of the columns (same values, one pass)."""
+    out: npt.NDArray[np.uint64] = K.mix(np.stack([_u64(c) for c in cols]))
+    return out
 
 
 def packet_shapes(
@@ -114,15 +103,15 @@ def packet_shapes(
     port (both over the window's outbound initiations) and TCP connection attempts (SYN
     without ACK) to its (peer, service), as three columns."""
     out = np.zeros((len(g), 3))
-    gu = g.astype(np.uint64)
+    if len(g) == 0:
+        return out
+    gu = _u64(g)
     idx = np.flatnonzero(init)
     if len(idx):
-        out[idx, 0] = _distinct_b_per_a(mix_keys(gu[idx], peer[idx]), dport[idx])
-        out[idx, 1] = _distinct_b_per_a(mix_keys(gu[idx], dport[idx]), peer[idx])
-    target = mix_keys(gu, peer, svc)
-    ut, it = np.unique(target, return_inverse=True)
-    per_target = np.bincount(it, weights=attempts.astype(np.float64), minlength=len(ut))
-    out[:, 2] = per_target[it]
+        gi, pi, di = gu[idx], _u64(peer)[idx], _u64(dport)[idx]
+        out[idx, 0] = K.distinct_b_per_a(_mix(gi, pi), di)
+        out[idx, 1] = K.distinct_b_per_a(_mix(gi, di), pi)
+    out[:, 2] = K.sum_per_key(_mix(gu, peer, svc), np.ascontiguousarray(attempts, dtype=np.float64))
     return out
 
 
@@ -142,53 +131,43 @@ def window_table(
     baseline has never seen, 0 where the packet carries none.
     """
     n = len(ctx)
-    valid = ctx.device >= 0
-    gkey = ctx.device.astype(np.int64) * (1 << 40) + ctx.window
-    uk, ginv = np.unique(gkey[valid], return_inverse=True)
-    ng = len(uk)
-    group = np.full(n, -1, dtype=np.int64)
-    group[valid] = ginv
-    g = ginv.astype(np.int64)
-    X = np.zeros((ng, len(WINDOW_FEATURES)))
-    if ng == 0:
-        return WindowTable(np.zeros(0, np.int32), np.zeros(0, np.int64), X, group)
-    ip = batch.ip_version[valid] > 0
-    peer = mix_keys(ctx.peer_hi[valid], ctx.peer_lo[valid])
-    svc = (ctx.proto[valid].astype(np.uint64) << np.uint64(16)) | ctx.service[valid].astype(np.uint64)
-    kp, npd, ks = known_peer[valid], named_peer[valid], known_service[valid]
-    out = ctx.outbound[valid]
-    init = ctx.initiation[valid]
-    col = WINDOW_FEATURES.index
-    X[:, col("packets")] = np.bincount(g, minlength=ng)
-    X[:, col("bytes")] = np.bincount(g, weights=batch.wire_len[valid].astype(np.float64), minlength=ng)
-    X[:, col("peers")] = _distinct_per_group(g[ip], peer[ip], ng)
-    m = ip & ~kp
-    X[:, col("new_peers")] = _distinct_per_group(g[m], peer[m], ng)
-    m2 = m & ~npd
-    X[:, col("new_unnamed_peers")] = _distinct_per_group(g[m2], peer[m2], ng)
-    X[:, col("services")] = _distinct_per_group(g[ip], svc[ip], ng)
-    m3 = ip & ~ks
-    X[:, col("new_services")] = _distinct_per_group(g[m3], svc[m3], ng)
-    X[:, col("initiations")] = np.bincount(g, weights=init.astype(np.float64), minlength=ng)
-    oi = ip & out & init
-    dport = np.where(ctx.outbound, batch.dst_port, batch.src_port)[valid].astype(np.uint64)
-    X[:, col("max_ports_per_peer")] = _max_distinct(g[oi], peer[oi], dport[oi], ng)
-    X[:, col("max_peers_per_port")] = _max_distinct(g[oi], dport[oi], peer[oi], ng)
-    X[:, col("syn_only")] = np.bincount(g, weights=ctx.syn_only[valid].astype(np.float64), minlength=ng)
-    if new_token is not None:
-        nt = new_token[valid]
-        m4 = nt != 0
-        X[:, col("new_names")] = _distinct_per_group(g[m4], nt[m4], ng)
     # brute force: repeated TCP attempts to a remote service, or to a login service on the LAN
     # (apps that poll a hub's local HTTP API open many short connections too)
-    hi, lo = ctx.peer_hi[valid], ctx.peer_lo[valid]
-    remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
-    login = np.isin(dport, LOGIN_PORTS)
-    shapes = packet_shapes(g, peer, dport, svc, oi, ctx.syn_only[valid] & (remote | login))
-    X[:, col("max_conns_per_target")] = 0.0
-    np.maximum.at(X[:, col("max_conns_per_target")], g, shapes[:, 2])
-    shape_all = np.zeros((n, 3))
-    shape_all[valid] = shapes
+    attempt = np.zeros(n, dtype=bool)
+    cand = np.flatnonzero(ctx.syn_only & (ctx.device >= 0))
+    if len(cand):
+        hi, lo = ctx.peer_hi[cand], ctx.peer_lo[cand]
+        remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
+        dport = np.where(ctx.outbound[cand], batch.dst_port[cand], batch.src_port[cand]).astype(np.uint64)
+        attempt[cand] = remote | np.isin(dport, LOGIN_PORTS)
+    tokens = np.zeros(n, dtype=np.uint64) if new_token is None else new_token
+    uk, X, group, shape = K.window_features(
+        *(
+            np.ascontiguousarray(a)
+            for a in (
+                ctx.device,
+                ctx.window,
+                batch.ip_version,
+                batch.wire_len,
+                ctx.peer_hi,
+                ctx.peer_lo,
+                ctx.proto,
+                ctx.service,
+                batch.src_port,
+                batch.dst_port,
+                ctx.outbound,
+                ctx.initiation,
+                ctx.syn_only,
+                known_peer,
+                named_peer,
+                known_service,
+                tokens,
+                attempt,
+            )
+        )
+    )
+    if len(uk) == 0:
+        return WindowTable(np.zeros(0, np.int32), np.zeros(0, np.int64), X, group)
     device = (uk >> 40).astype(np.int32)
     window = (uk & ((1 << 40) - 1)).astype(np.int64)
-    return WindowTable(device, window, X, group, shape_all)
+    return WindowTable(device, window, X, group, shape)

@@ -72,6 +72,16 @@ def _total_bytes(paths: Sequence[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
+def _type_model(args: argparse.Namespace) -> Path | None:
+    value = getattr(args, "type_model", None)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise IotSentryError(f"{path}: no such device-type model file")
+    return path
+
+
 def _check_inputs(paths: Sequence[str]) -> list[Path]:
     out = []
     for p in paths:
@@ -88,7 +98,7 @@ def _check_inputs(paths: Sequence[str]) -> list[Path]:
 def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> AnalysisResult:
     from iotsentry.pipeline import AnalysisConfig, Analyzer
 
-    cfg = AnalysisConfig(learn_seconds=args.learn_seconds, site_id=args.site)
+    cfg = AnalysisConfig(learn_seconds=args.learn_seconds, site_id=args.site, type_model=_type_model(args))
     return Analyzer(_check_inputs(args.inputs), cfg).run(progress=progress)
 
 
@@ -232,9 +242,9 @@ def _print_summary(res: AnalysisResult) -> None:
 
 # -- devices --------------------------------------------------------------------------------------
 def cmd_devices(args: argparse.Namespace) -> int:
-    from iotsentry.pipeline import Analyzer
+    from iotsentry.pipeline import AnalysisConfig, Analyzer
 
-    an = Analyzer(_check_inputs(args.inputs))
+    an = Analyzer(_check_inputs(args.inputs), AnalysisConfig(type_model=_type_model(args)))
     devices = an.inventory()
     if args.json:
         print(json.dumps([d.to_dict() for d in devices], indent=2, default=str))
@@ -352,7 +362,31 @@ def _score_flows(args: argparse.Namespace) -> int:
 
 
 # -- train --------------------------------------------------------------------------------------------
+def _train_types(args: argparse.Namespace) -> int:
+    """Device-type model from IoT SENTINEL-style folders (one folder of setup captures per type)."""
+    from collections import Counter
+
+    from iotsentry.evaluation.q3 import load_sentinel
+    from iotsentry.inventory.type_classifier import DeviceTypeClassifier
+
+    data = Path(args.types)
+    if not (data / "iot-sentinel" / "index.csv").exists():
+        raise IotSentryError(f"{data}: expected iot-sentinel/index.csv below it (the IoT SENTINEL layout)")
+    ds = load_sentinel(data)
+    model = DeviceTypeClassifier().fit(ds.X, list(ds.types))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    counts = Counter(ds.types)
+    print(f"device-type model with {len(counts)} types from {len(ds.types)} captures -> {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.types:
+        return _train_types(args)
+    if not args.flows:
+        raise IotSentryError("train: give --flows LOG... (flow model) or --types DATA_DIR (device types)")
     from iotsentry.detectors.flow_models import train_flows
 
     paths = _check_inputs(args.flows)
@@ -459,12 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--learn-seconds", type=float, default=None, help="learning period (default: first half)")
     a.add_argument("--site", default="default")
+    a.add_argument("--type-model", help="device-type model from 'iotsentry train --types'")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("devices", help="the device inventory")
     d.add_argument("inputs", nargs="+")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--type-model", help="device-type model from 'iotsentry train --types'")
     d.set_defaults(func=cmd_devices)
 
     s = sub.add_parser(
@@ -482,10 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_score)
 
-    t = sub.add_parser("train", help="train a flow model on labeled Zeek conn logs / IoT-23 CSVs")
-    t.add_argument("--flows", nargs="+", required=True)
+    t = sub.add_parser(
+        "train", help="train a flow model (labeled Zeek conn logs / IoT-23 CSVs) or a device-type model"
+    )
+    t.add_argument("--flows", nargs="+")
+    t.add_argument("--types", help="data folder holding iot-sentinel/ (device-type model)")
     t.add_argument("--out", required=True, help="model directory to write")
-    t.add_argument("--model", default="hgb", choices=["hgb", "mlp"])
+    t.add_argument("--model", default="hgb", choices=["hgb", "mlp", "iforest"])
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("mix", help="infection replay: a malicious host's traffic re-addressed onto a device")

@@ -53,6 +53,8 @@ class AnalysisConfig:
     batch_size: int = 1_000_000
     site_id: str = "default"
     margin: float = 2.0
+    type_model: Path | None = None
+    """A device-type model (``iotsentry train --types``); without it types are rule-based guesses."""
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Analyzer:
         self.baseline: Baseline | None = None
         """The learned baselines of the last :meth:`run` (frozen)."""
         self.tokens = TokenLog()
+        self._type_model: Any = None
 
     # -- pass 1 -------------------------------------------------------------------------------
     def inventory(self, progress: Progress | None = None) -> list[Device]:
@@ -136,7 +139,23 @@ class Analyzer:
             self.packets += len(b)
             if progress:
                 progress("inventory", self.packets)
-        return self.tracker.devices()
+        return self._typed(self.tracker.devices())
+
+    def _typed(self, devices: list[Device]) -> list[Device]:
+        """Replace the rule-based type guesses by the learned classifier's, when one is given.
+
+        The fingerprint is the device's setup-like traffic: the first batch of the first input.
+        """
+        if self.config.type_model is None or not self.paths or not devices:
+            return devices
+        from iotsentry.inventory.type_classifier import DeviceTypeClassifier, classify_devices
+
+        if self._type_model is None:
+            self._type_model = DeviceTypeClassifier.load(self.config.type_model)
+        first = next(read_packets(self.paths[0], batch_size=self.config.batch_size, with_raw=True), None)
+        if first is not None:
+            classify_devices([d for d in devices if not d.is_gateway], first, self._type_model)
+        return devices
 
     def learn_end(self) -> float:
         """End of the learning period, aligned down to a window boundary."""
@@ -160,7 +179,7 @@ class Analyzer:
     # -- passes 2 and 3 -------------------------------------------------------------------------
     def run(self, progress: Progress | None = None, score_sink: ScoreSink | None = None) -> AnalysisResult:
         """All three passes; returns inventory, baselines, alerts and timelines."""
-        devices = self.inventory(progress) if self.packets == 0 else self.tracker.devices()
+        devices = self.inventory(progress) if self.packets == 0 else self._typed(self.tracker.devices())
         self.devices = devices
         gw = next((d.device_id for d in devices if d.is_gateway), None)
         index = DeviceIndex([d.device_id for d in devices], gw)

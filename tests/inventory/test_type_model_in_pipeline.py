@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import data_path
 
+from conftest import data_path
 from iotsentry.evaluation.q3 import load_sentinel
 from iotsentry.inventory.type_classifier import DeviceTypeClassifier
 from iotsentry.pipeline import AnalysisConfig, Analyzer

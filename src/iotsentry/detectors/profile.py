@@ -298,15 +298,9 @@ class ProfileDetector:
         # the packet's own part in a scan / brute-force shape, measured against the device's limits
         s_shape = np.zeros(n)
         if table.shape is not None and len(table):
-            lim = np.stack([m.limits_ for m in self.window_models])[dev]
-            ratios = table.shape / np.stack(
-                [
-                    lim[:, F["max_ports_per_peer"]],
-                    lim[:, F["max_peers_per_port"]],
-                    lim[:, F["max_conns_per_target"]],
-                ],
-                axis=1,
-            )
+            shape_cols = [F["max_ports_per_peer"], F["max_peers_per_port"], F["max_conns_per_target"]]
+            per_device = np.stack([m.limits_[shape_cols] for m in self.window_models])
+            ratios = table.shape / per_device[dev]
             s_shape = _squash(ratios.max(axis=1))
         scores = trust * novelty + 0.5 * s_rate + s_shape
         scores = np.where(valid, scores, 0.0)

@@ -51,11 +51,14 @@ class TokenLog:
     def add(self, events: list[AppEvent], frame_index: npt.NDArray[np.int64], first_position: int) -> None:
         """Record the tokens of events of one batch (``frame_index`` ascending, the batch's
         ``index`` column; the batch starts at stream position ``first_position``)."""
-        for ev in events:
+        if not events:
+            return
+        where = np.searchsorted(frame_index, np.fromiter((ev.index for ev in events), np.int64, len(events)))
+        for ev, at in zip(events, where.tolist(), strict=True):
             toks = tokens_of(ev)
             if not toks:
                 continue
-            pos = first_position + int(np.searchsorted(frame_index, ev.index))
+            pos = first_position + at
             for t in toks:
                 h = token_hash(t)
                 self.text.setdefault(h, t)

@@ -64,10 +64,13 @@ def test_kitnet_flags_broken_correlation() -> None:
     assert (s1 > s0).mean() > 0.85
 
 
-def test_iforest_refits_identically_from_sample(tmp_path: Path) -> None:
+def test_iforest_grows_from_a_seeded_subsample_and_loads_without_refit(tmp_path: Path) -> None:
     X = _blocks(3000)
     det = IsolationForestDetector(max_train=1000).fit(X)
-    assert det.X_train_.shape == (1000, 12)
+    rng = np.random.default_rng(0)
+    sub = X[np.sort(rng.choice(len(X), 1000, replace=False))]
+    direct = IsolationForestDetector(max_train=10_000).fit(sub)
+    np.testing.assert_array_equal(direct.score_samples(X), det.score_samples(X))
     det.save(tmp_path / "m")
     back = IsolationForestDetector.load(tmp_path / "m")
     np.testing.assert_array_equal(back.score_samples(X), det.score_samples(X))

@@ -56,7 +56,8 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.detectors.base import Detector, register
+from iotsentry.detectors.base import register
+from iotsentry.detectors.isolation_forest import TreeArrayIsolationForest
 from iotsentry.schema import FlowBatch
 
 __all__ = ["UNKNOWN", "FlowClassifier", "FlowIForest", "attack_class", "balanced_weights", "flow_classes"]
@@ -101,101 +102,16 @@ def balanced_weights(codes: npt.NDArray[np.int64], n_classes: int) -> F64:
 
 
 # ---------------------------------------------------------------------------------------------
-# Isolation forest as arrays
+# Isolation forest (shared tree-array implementation)
 # ---------------------------------------------------------------------------------------------
 
 
-def _c(n: F64) -> F64:
-    """Average path length of an unsuccessful search among ``n`` points (Liu et al.'s ``c(n)``)."""
-    n = np.asarray(n, dtype=np.float64)
-    out = np.zeros_like(n)
-    out[n == 2] = 1.0
-    big = n > 2
-    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
-    return out
-
-
 @register
-class FlowIForest(Detector):
-    """Isolation forest on flow feature rows, stored as tree arrays.
-
-    Parameters
-    ----------
-    n_estimators
-        Number of trees.
-    max_samples
-        Rows drawn without replacement per tree (capped at the number of rows).
-    random_state
-        Seed of the forest.
-    """
+class FlowIForest(TreeArrayIsolationForest):
+    """Isolation forest on flow feature rows (trees kept as arrays, no refit on load)."""
 
     name: ClassVar[str] = "flow-iforest"
     version: ClassVar[str] = "1"
-
-    def __init__(self, n_estimators: int = 100, max_samples: int = 256, random_state: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.random_state = random_state
-
-    def fit(self, X: npt.NDArray[Any]) -> Self:
-        """Grow the forest on (benign) rows; keep feature, threshold, children and node sizes."""
-        from sklearn.ensemble import IsolationForest
-
-        A = np.asarray(X, dtype=np.float32)
-        if A.ndim != 2 or len(A) < 2:
-            raise ValueError("flow-iforest needs a 2-D matrix with at least two rows")
-        forest = IsolationForest(
-            n_estimators=self.n_estimators,
-            max_samples=min(int(self.max_samples), len(A)),
-            random_state=self.random_state,
-        ).fit(A)
-        trees = [e.tree_ for e in forest.estimators_]
-        width = max(t.node_count for t in trees)
-        shape = (len(trees), width)
-        feature, left, right = (np.full(shape, -1, np.int64) for _ in range(3))
-        threshold, size = np.zeros(shape), np.zeros(shape)
-        for i, (t, feats) in enumerate(zip(trees, forest.estimators_features_, strict=True)):
-            k = t.node_count
-            leaf = t.children_left[:k] < 0
-            feature[i, :k] = np.where(leaf, -1, np.asarray(feats)[np.maximum(t.feature[:k], 0)])
-            threshold[i, :k] = t.threshold[:k]
-            left[i, :k] = t.children_left[:k]
-            right[i, :k] = t.children_right[:k]
-            size[i, :k] = t.n_node_samples[:k]
-        self.feature_ = feature
-        self.threshold_ = threshold
-        self.left_ = left
-        self.right_ = right
-        self.leaf_c_ = _c(size)
-        self.max_depth_ = np.int64(max(t.max_depth for t in trees))
-        self.sample_size_ = np.int64(forest.max_samples_)
-        return self
-
-    def score_samples(self, X: npt.NDArray[Any]) -> F64:
-        """Anomaly score in (0, 1) per row; higher = more anomalous."""
-        A = np.asarray(X, dtype=np.float32).astype(np.float64)  # trees compare float32 values
-        n_trees = self.feature_.shape[0]
-        out = np.zeros(len(A))
-        tree = np.arange(n_trees)[:, None]
-        for start in range(0, len(A), 20_000):  # bounded memory: trees x chunk
-            B = A[start : start + 20_000]
-            rows = np.arange(len(B))[None, :]
-            node = np.zeros((n_trees, len(B)), np.int64)
-            depth = np.zeros((n_trees, len(B)))
-            for _ in range(int(self.max_depth_) + 1):
-                feat = self.feature_[tree, node]
-                inner = feat >= 0
-                if not inner.any():
-                    break
-                go_left = B[rows, np.maximum(feat, 0)] <= self.threshold_[tree, node]
-                node = np.where(
-                    inner, np.where(go_left, self.left_[tree, node], self.right_[tree, node]), node
-                )
-                depth += inner
-            depth += self.leaf_c_[tree, node]
-            out[start : start + len(B)] = depth.mean(axis=0)
-        c = float(_c(np.array([float(self.sample_size_)]))[0])
-        return np.asarray(2.0 ** (-out / max(c, 1e-12)), dtype=np.float64)
 
 
 def _nn_distance(Q: F64, R: F64, exclude_self: bool = False, chunk: int = 2048) -> F64:

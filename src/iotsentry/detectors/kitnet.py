@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.detectors.base import Detector, register
+from iotsentry.detectors.isolation_forest import TreeArrayIsolationForest
 
 __all__ = ["IsolationForestDetector", "KitNET", "correlation_groups"]
 
@@ -313,56 +314,33 @@ class KitNET(Detector):
 
 
 @register
-class IsolationForestDetector(Detector):
-    """Isolation forest, higher = more anomalous; refitted from its stored sample on load.
+class IsolationForestDetector(TreeArrayIsolationForest):
+    """Isolation forest on packet features, higher = more anomalous; trees kept as arrays.
 
     Parameters
     ----------
-    n_estimators, max_samples
-        As in scikit-learn's ``IsolationForest``.
+    n_estimators, max_samples, random_state
+        As in :class:`~iotsentry.detectors.isolation_forest.TreeArrayIsolationForest`.
     max_train
-        Rows kept (and fitted on) at most, drawn with ``random_state``.
-    random_state
-        Seed of the subsample and of the forest.
+        Rows the forest is grown from at most, a subsample drawn with ``random_state``.
     """
 
     name = "iforest"
-    version = "1"
+    version = "2"
 
     def __init__(
         self, n_estimators: int = 100, max_samples: int = 256, max_train: int = 20_000, random_state: int = 0
     ) -> None:
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
+        super().__init__(n_estimators=n_estimators, max_samples=max_samples, random_state=random_state)
         self.max_train = max_train
-        self.random_state = random_state
 
-    def _forest(self) -> Any:
-        forest = self.__dict__.get("_forest_obj")
-        if forest is None:
-            from sklearn.ensemble import IsolationForest
-
-            X = self.X_train_
-            forest = IsolationForest(
-                n_estimators=self.n_estimators,
-                max_samples=min(self.max_samples, len(X)),
-                random_state=self.random_state,
-            ).fit(X)
-            self.__dict__["_forest_obj"] = forest
-        return forest
+    def _rows(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        return np.nan_to_num(super()._rows(X))
 
     def fit(self, X: npt.NDArray[Any]) -> Self:
-        """Keep (a seeded subsample of) the rows and fit the forest on them."""
-        X = np.nan_to_num(np.asarray(X, np.float32))
-        if len(X) > self.max_train:
+        """Grow the forest on (a seeded subsample of) the rows."""
+        A = self._rows(X)
+        if len(A) > self.max_train:
             rng = np.random.default_rng(self.random_state)
-            X = X[np.sort(rng.choice(len(X), self.max_train, replace=False))]
-        self.X_train_ = np.ascontiguousarray(X)
-        self.__dict__.pop("_forest_obj", None)
-        self._forest()
-        return self
-
-    def score_samples(self, X: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        """Negated scikit-learn score (higher = more anomalous)."""
-        X = np.nan_to_num(np.asarray(X, np.float32))
-        return np.asarray(-self._forest().score_samples(X), np.float64)
+            A = A[np.sort(rng.choice(len(A), self.max_train, replace=False))]
+        return super().fit(A)

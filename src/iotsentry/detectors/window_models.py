@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.detectors.base import Detector, register
+from iotsentry.detectors.isolation_forest import TreeArrayIsolationForest
 
 if TYPE_CHECKING:
     from iotsentry.baseline.profile import Baseline
@@ -43,100 +44,15 @@ def log_windows(X: npt.ArrayLike) -> F64:
     return np.log1p(np.clip(a, 0.0, None))
 
 
-def _avg_path_length(n: npt.NDArray[np.float64]) -> F64:
-    """Average path length of an unsuccessful BST search among ``n`` points (sklearn's ``c(n)``)."""
-    n = np.asarray(n, dtype=np.float64)
-    out = np.zeros_like(n)
-    two = n == 2
-    big = n > 2
-    out[two] = 1.0
-    nb = n[big]
-    out[big] = 2.0 * (np.log(nb - 1.0) + np.euler_gamma) - 2.0 * (nb - 1.0) / nb
-    return out
-
-
 @register
-class WindowIForest(Detector):
-    """Isolation forest on log-scaled window rows; trees kept as arrays (see module docstring).
-
-    Parameters
-    ----------
-    n_estimators
-        Number of trees.
-    max_samples
-        Rows drawn (without replacement) for each tree; capped at the number of rows.
-    random_state
-        Seed of the forest.
-    """
+class WindowIForest(TreeArrayIsolationForest):
+    """Isolation forest on log-scaled window rows (trees kept as arrays, no refit on load)."""
 
     name: ClassVar[str] = "window-iforest"
     version: ClassVar[str] = "1"
 
-    def __init__(self, n_estimators: int = 100, max_samples: int = 256, random_state: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.random_state = random_state
-
-    def fit(self, X: npt.NDArray[np.float64]) -> Self:
-        """Grow the forest on benign window rows and keep its trees as arrays."""
-        from sklearn.ensemble import IsolationForest
-
-        L = log_windows(X)
-        if len(L) < 2:
-            raise ValueError("window-iforest needs at least two rows to learn from")
-        forest = IsolationForest(
-            n_estimators=self.n_estimators,
-            max_samples=min(int(self.max_samples), len(L)),
-            random_state=self.random_state,
-        ).fit(L)
-        trees = [e.tree_ for e in forest.estimators_]
-        width = max(t.node_count for t in trees)
-        n = len(trees)
-        feature = np.full((n, width), -1, np.int64)
-        threshold = np.zeros((n, width), np.float64)
-        left = np.full((n, width), -1, np.int64)
-        right = np.full((n, width), -1, np.int64)
-        size = np.zeros((n, width), np.float64)
-        for i, (t, feats) in enumerate(zip(trees, forest.estimators_features_, strict=True)):
-            k = t.node_count
-            leaf = t.children_left[:k] < 0
-            # tree features index the estimator's own column subset: map them back
-            feature[i, :k] = np.where(leaf, -1, np.asarray(feats)[np.maximum(t.feature[:k], 0)])
-            threshold[i, :k] = t.threshold[:k]
-            left[i, :k] = t.children_left[:k]
-            right[i, :k] = t.children_right[:k]
-            size[i, :k] = t.n_node_samples[:k]
-        self.feature_ = feature
-        self.threshold_ = threshold
-        self.left_ = left
-        self.right_ = right
-        self.leaf_depth_ = _avg_path_length(size)  # c(n) of each node, used where it is a leaf
-        self.max_depth_ = np.int64(max(t.max_depth for t in trees))
-        self.sample_size_ = np.int64(forest.max_samples_)
-        return self
-
-    def score_samples(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Anomaly score ``2 ** (-E[h(x)] / c(psi))`` per row, in (0, 1); higher = more anomalous."""
-        # sklearn's trees compare float32 inputs against their thresholds
-        L = log_windows(X).astype(np.float32).astype(np.float64)
-        n_trees = self.feature_.shape[0]
-        rows = np.arange(len(L))
-        node = np.zeros((n_trees, len(L)), np.int64)
-        depth = np.zeros((n_trees, len(L)), np.float64)
-        tree = np.arange(n_trees)[:, None]
-        for _ in range(int(self.max_depth_) + 1):
-            feat = self.feature_[tree, node]
-            inner = feat >= 0
-            if not inner.any():
-                break
-            x = L[rows[None, :], np.maximum(feat, 0)]
-            go_left = x <= self.threshold_[tree, node]
-            nxt = np.where(go_left, self.left_[tree, node], self.right_[tree, node])
-            node = np.where(inner, nxt, node)
-            depth += inner
-        depth += self.leaf_depth_[tree, node]
-        c = float(_avg_path_length(np.array([float(self.sample_size_)]))[0])
-        return np.asarray(2.0 ** (-depth.mean(axis=0) / c), dtype=np.float64)
+    def _rows(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        return log_windows(X).astype(np.float32)
 
 
 @register

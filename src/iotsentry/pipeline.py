@@ -123,6 +123,8 @@ class Analyzer:
         """The learned baselines of the last :meth:`run` (frozen)."""
         self.tokens = TokenLog()
         self._type_model: Any = None
+        self._time_sorted = True
+        """Whether every packet came no earlier than the one before (merged captures may not)."""
 
     # -- pass 1 -------------------------------------------------------------------------------
     def inventory(self, progress: Progress | None = None) -> list[Device]:
@@ -135,6 +137,10 @@ class Analyzer:
             if events:
                 self.tokens.add(events, b.index, self.packets)
             if len(b):
+                last = self.last_ts
+                self._time_sorted &= bool(b.ts[0] >= last or last == -math.inf) and bool(
+                    np.all(np.diff(b.ts) >= 0)
+                )
                 self.first_ts = min(self.first_ts, float(b.ts.min()))
                 self.last_ts = max(self.last_ts, float(b.ts.max()))
             self.packets += len(b)
@@ -202,8 +208,8 @@ class Analyzer:
                 learned += len(lb)
                 if progress:
                     progress("learning", learned)
-            if len(_rest) or (len(b) and b.ts[-1] >= t_end):
-                break
+            if self._time_sorted and len(_rest):
+                break  # time-sorted input: nothing later can fall before the learning end
         detector = ProfileDetector(
             baseline, labels=labels, margin=self.config.margin, token_text=self.tokens.text
         ).fit()

@@ -1,0 +1,1 @@
+"""Federated training of detectors across sites: robust aggregation maths and Flower wiring."""

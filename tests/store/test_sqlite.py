@@ -14,22 +14,7 @@ from iotsentry.store import MIGRATIONS, Migration, SchemaTooNew, Store, merge_de
 
 
 def _alert(policy: AlertPolicy | None = None, **kw: Any) -> Alert:
-    args: dict[str, Any] = {
-        "ts": 1000.0,
-        "device_id": "aa:bb:cc:dd:ee:01",
-        "detector": "kitsune",
-        "detector_version": "1",
-        "score": 2.0,
-        "threshold": 1.0,
-        "category": "anomaly",
-        "reason": "rate above baseline",
-        "src_ip": "10.0.0.2",
-        "src_port": 5000,
-        "dest_ip": "203.0.113.9",
-        "dest_port": 443,
-        "proto": "TCP",
-    }
-    args.update(kw)
+    args = _kw(**kw)
     alert = (policy or AlertPolicy()).make(**args)
     assert alert is not None
     return alert

@@ -588,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--json", help="write the summary and per-site details here")
     fs.set_defaults(func=cmd_fl_simulate)
 
+    from iotsentry.integrity import keys_cli
+
+    keys_cli.register(sub)
+
     dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
     dm.add_argument("--out-dir", default="demo-out")
     dm.add_argument("--seed", type=int, default=7)

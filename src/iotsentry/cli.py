@@ -454,28 +454,128 @@ def _append(results: Path, markdown: str, command: str) -> None:
 
 
 # -- fl -----------------------------------------------------------------------------------------------
-def cmd_fl_simulate(args: argparse.Namespace) -> int:
-    from iotsentry.federated.simulate import simulate
+def _fl_splits(n_sites: int | None) -> dict[str, int] | None:
+    from iotsentry.federated.sites import DEFAULT_SPLITS
 
-    data = Path(args.data)
-    if not data.exists():
-        raise IotSentryError(f"{data}: data folder not found (give --data)")
-    res = simulate(args.rounds, args.aggregator, data, local_epochs=args.local_epochs)
+    if n_sites is None:
+        return None
+    others = len(DEFAULT_SPLITS) - 1
+    if n_sites <= others:
+        raise IotSentryError(f"--sites: at least {others + 1} sites (one per IoT-23 scenario), got {n_sites}")
+    return {**DEFAULT_SPLITS, "34-1": n_sites - others}
+
+
+def _data_dir(path: str) -> Path:
+    data = Path(path)
+    if not (data / "iot23").is_dir():
+        raise IotSentryError(f"{data}: no iot23/ folder with IoT-23 flow logs here (give --data)")
+    return data
+
+
+def cmd_fl_simulate(args: argparse.Namespace) -> int:
+    from iotsentry.federated.simulate import prepare, simulate
+
+    data = _data_dir(args.data)
+    if (args.attack != "none") != (args.malicious > 0):
+        raise IotSentryError("--attack and --malicious go together (e.g. --attack sign-flip --malicious 0.2)")
+    from iotsentry.federated.poison_matrix import quiet_flower
+
+    quiet_flower()
+    setup = prepare(data, _fl_splits(args.sites), split=args.split)
+    res = simulate(
+        args.rounds,
+        args.aggregator,
+        data,
+        local_epochs=args.local_epochs,
+        runtime=args.runtime,
+        setup=setup,
+        attack=args.attack,
+        malicious_fraction=args.malicious,
+    )
+    weights = res.pop("weights")
     summary = {
         "metric": "per-site mean of held-out flow ROC AUC (sites whose held-out part has both classes)",
         "federated": res["federated"]["auc_site_mean"],
         "centralized": res["centralized"]["auc_site_mean"],
         "local_only": res["local"]["auc_site_mean"],
+        "local_only_cross_site": res["local"]["auc_cross_site_mean"],
         "pooled": {k: res[k]["auc_pooled"] for k in ("federated", "centralized", "local")},
+        "targeted_recall": {k: res[k]["targeted_recall"] for k in ("federated", "centralized", "local")},
         "aggregator": args.aggregator,
+        "attack": args.attack,
+        "malicious_sites": res["malicious_sites"],
         "rounds": args.rounds,
+        "split": args.split,
         "sites": len(res["sites"]),
         "evaluable_sites": sum(1 for s in res["sites"] if s["evaluable"]),
         "bytes_per_site_per_round": res["bytes_per_site_per_round"],
     }
     if args.json:
         Path(args.json).write_text(json.dumps({**summary, "details": res}, indent=2, default=str))
+    if args.report:
+        from iotsentry.evaluation.fl_report import write_fl_report
+
+        write_fl_report(res, args.report)
+    if args.model_out:
+        from iotsentry.federated.model_export import export_global_model
+
+        export_global_model(setup, weights, Path(args.model_out), summary, signing_key=args.signing_key)
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _csv_choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [v.strip().lower() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise IotSentryError(
+            f"{flag}: unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(allowed)}"
+        )
+    return items
+
+
+def cmd_redteam_poison(args: argparse.Namespace) -> int:
+    from iotsentry.federated.names import AGGREGATORS, ATTACKS
+    from iotsentry.federated.poison_matrix import run_matrix
+    from iotsentry.federated.simulate import prepare
+
+    data = _data_dir(args.data)
+    attacks = _csv_choices(args.attacks, ATTACKS, "--attacks") if args.attacks else list(ATTACKS)
+    aggs = (
+        _csv_choices(args.aggregators, AGGREGATORS, "--aggregators")
+        if args.aggregators
+        else list(AGGREGATORS)
+    )
+    try:
+        fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    except ValueError:
+        raise IotSentryError(f"--fractions: not a list of numbers: {args.fractions!r}") from None
+    if not fractions or any(not 0 < f < 1 for f in fractions):
+        raise IotSentryError(f"--fractions: each must be between 0 and 1 (exclusive), got {args.fractions!r}")
+    setup = prepare(data, _fl_splits(args.sites))
+    n_cells = len(aggs) * (1 + len([a for a in attacks if a != "none"]) * len(fractions))
+    done = [0]
+
+    def progress(cell: dict[str, Any]) -> None:
+        done[0] += 1
+        print(
+            f"[{done[0]}/{n_cells}] {cell['aggregator']:<12} {cell['attack']:<10} {cell['fraction']:.1f} "
+            f"auc={cell['overall']['auc_site_mean']:.4f} f1={cell['overall']['f1']:.4f} "
+            f"targeted_recall={cell['targeted_recall']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    res = run_matrix(
+        data, attacks, aggs, fractions, rounds=args.rounds, jobs=args.jobs, setup=setup, progress=progress
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    if args.report:
+        from iotsentry.evaluation.fl_report import write_poison_report
+
+        write_poison_report(res, args.report)
+    print(json.dumps({"default_aggregator": res["default_aggregator"], "summary": res["summary"]}, indent=2))
     return 0
 
 
@@ -581,12 +681,44 @@ def build_parser() -> argparse.ArgumentParser:
     fs = fl_sub.add_parser(
         "simulate", help="Flower simulation over IoT-23 sites vs centralized and local-only"
     )
+    from iotsentry.federated.names import AGGREGATORS, ATTACKS, DEFAULT_AGGREGATOR
+
     fs.add_argument("--rounds", type=int, default=10)
-    fs.add_argument("--aggregator", default="fedavg", choices=["fedavg", "median", "trimmed-mean", "krum"])
+    fs.add_argument("--aggregator", default=DEFAULT_AGGREGATOR, choices=AGGREGATORS)
     fs.add_argument("--local-epochs", type=int, default=1)
+    fs.add_argument("--sites", type=int, help="number of sites (default 15; more cuts 34-1 finer)")
+    fs.add_argument("--split", default="class-time", choices=["class-time", "time"])
+    fs.add_argument(
+        "--runtime", default="ray", choices=["ray", "local"], help="ray: Flower Simulation Runtime"
+    )
+    fs.add_argument("--attack", default="none", choices=ATTACKS)
+    fs.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious sites")
     fs.add_argument("--data", default=str(Path("..") / "shared" / "data"))
     fs.add_argument("--json", help="write the summary and per-site details here")
+    fs.add_argument("--report", help="write an HTML report with per-round plots here")
+    fs.add_argument("--model-out", help="write the global model here as a model directory")
+    fs.add_argument("--signing-key", help="sign the global model with this Ed25519 private key")
     fs.set_defaults(func=cmd_fl_simulate)
+    try:
+        from iotsentry.federated import deploy_cli
+
+        deploy_cli.register(fl_sub)
+    except ImportError:  # pragma: no cover - deployment needs flwr's SuperLink bits
+        pass
+
+    rt = sub.add_parser("redteam", help="attack iotsentry's own detectors")
+    rt_sub = rt.add_subparsers(dest="redteam_command", required=True)
+    rp = rt_sub.add_parser("poison", help="poisoning matrix: attack x aggregator x malicious fraction")
+    rp.add_argument("--attacks", help=f"comma list (default all: {','.join(ATTACKS)})")
+    rp.add_argument("--aggregators", help=f"comma list (default all: {','.join(AGGREGATORS)})")
+    rp.add_argument("--fractions", default="0.1,0.2,0.3,0.4")
+    rp.add_argument("--rounds", type=int, default=10)
+    rp.add_argument("--sites", type=int, help="number of sites (default 15)")
+    rp.add_argument("--jobs", type=int, default=1, help="cells run in parallel")
+    rp.add_argument("--data", default=str(Path("..") / "shared" / "data"))
+    rp.add_argument("--json", help="write {default_aggregator, cells: [...]} here")
+    rp.add_argument("--report", help="write an HTML report with heatmaps here")
+    rp.set_defaults(func=cmd_redteam_poison)
 
     from iotsentry.integrity import keys_cli
 

@@ -29,6 +29,7 @@ from iotsentry.federated.robust import (
     pairwise_sq_distances,
     trimmed_mean,
     unflatten,
+    validation_filter,
 )
 
 Update = list[npt.NDArray[Any]]
@@ -447,3 +448,35 @@ def test_norm_based_rules_bound_the_attack() -> None:
     result = flame_filter(ups, [np.zeros((2, 3)), np.zeros(4)])
     assert not set(result.accepted) & {8, 9}
     assert len(result.accepted) >= 6
+
+
+# -- validation_filter ------------------------------------------------------------------------
+
+
+def test_validation_filter_hand_computed() -> None:
+    # group 0: median 1.0, |dev| = 0,0,0,.1,.1,2 -> MAD 0.05, spread 0.07413, limit 1.2224
+    # group 1: median 2.0, MAD 0 -> floor 0.05 * 2.0 = 0.1, limit 2.0 + 0.3 = 2.3
+    losses = [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.1, 2.29], [0.9, 2.5], [3.0, 2.0]]
+    assert validation_filter(losses) == [0, 1, 2, 3]  # 4 is worse on group 1, 5 on group 0
+    assert validation_filter(losses, kappa=10) == [0, 1, 2, 3, 4]  # 2.5 <= 2.0 + 10 * 0.1
+    # better than the others is never a reason to reject
+    assert validation_filter([[1.0], [1.0], [1.0], [0.0]]) == [0, 1, 2, 3]
+
+
+def test_validation_filter_catches_one_sacrificed_class() -> None:
+    rng = np.random.default_rng(0)
+    honest = 0.3 + 0.02 * rng.normal(size=(8, 3))
+    targeted = np.array([[0.28, 0.31, 3.0]] * 3)  # overall flat, one class given up
+    kept = validation_filter(np.vstack([honest, targeted]))
+    assert kept == list(range(8))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 2)), np.zeros(3), [[1.0, np.nan]]])
+def test_validation_filter_rejects_bad_input(bad: object) -> None:
+    with pytest.raises(ValueError, match="validation_filter"):
+        validation_filter(bad)  # type: ignore[arg-type]
+
+
+def test_validation_filter_rejects_bad_kappa() -> None:
+    with pytest.raises(ValueError, match="kappa"):
+        validation_filter([[1.0]], kappa=0)

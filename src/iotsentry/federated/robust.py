@@ -62,6 +62,7 @@ __all__ = [
     "pairwise_sq_distances",
     "trimmed_mean",
     "unflatten",
+    "validation_filter",
 ]
 
 Array = npt.NDArray[Any]
@@ -770,3 +771,50 @@ def flame_filter(
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         aggregate = aggregate + generator.normal(0.0, sigma, size=aggregate.shape)
     return FlameResult(unflatten(aggregate, like), tuple(accepted), clip_norm)
+
+
+# --------------------------------------------------------------------------------------------
+# validation on the server's root dataset
+# --------------------------------------------------------------------------------------------
+
+
+def validation_filter(losses: npt.ArrayLike, kappa: float = 3.0, floor: float = 0.05) -> list[int]:
+    """Sites whose model is not an outlier for the worse on any group of the server's data.
+
+    ``losses[i, g]`` is the validation loss of site ``i``'s proposed model on group ``g`` of the
+    server's clean root dataset (e.g. one group per attack class). For each group the median
+    ``m_g`` and the scaled median absolute deviation ``s_g = 1.4826 * MAD_g`` over the sites
+    are computed; site ``i`` is kept when ``losses[i, g] <= m_g + kappa * max(s_g, floor * |m_g|,
+    1e-6)`` for every group. Only *higher* losses reject (a site may be better than the rest),
+    and the test is per group, so an update that keeps the overall loss flat while
+    sacrificing one class (a targeted attack) is still caught. Robust while fewer than half
+    of the sites are malicious: median and MAD then describe the honest sites.
+
+    Parameters
+    ----------
+    losses : array_like, shape (n_sites, n_groups)
+        Finite validation losses.
+    kappa : float, default 3.0
+        Tolerance in robust standard deviations, > 0.
+    floor : float, default 0.05
+        Smallest tolerated spread relative to the median loss (stops a group on which all
+        sites agree exactly from rejecting everyone over rounding noise).
+
+    Returns
+    -------
+    list of int
+        Indices of the kept sites, ascending.
+    """
+    L = np.asarray(losses, dtype=np.float64)
+    if L.ndim != 2 or L.shape[0] == 0:
+        raise ValueError(
+            f"validation_filter: losses must be a non-empty (sites, groups) matrix, got {L.shape}"
+        )
+    if not np.isfinite(L).all():
+        raise ValueError("validation_filter: losses must be finite")
+    if not (math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"validation_filter: kappa must be a finite number > 0, got {kappa!r}")
+    med = np.median(L, axis=0)
+    spread = 1.4826 * np.median(np.abs(L - med), axis=0)
+    tol = kappa * np.maximum(np.maximum(spread, floor * np.abs(med)), 1e-6)
+    return [int(i) for i in np.flatnonzero((med + tol >= L).all(axis=1))]

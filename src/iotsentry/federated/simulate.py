@@ -1,28 +1,31 @@
-"""Federated training of :class:`FlowMLP` on IoT-23 sites with Flower's Simulation Runtime.
+"""Federated training of :class:`FlowMLP` on IoT-23 sites, compared with centralized and local-only.
 
-:func:`simulate` builds the sites (:mod:`iotsentry.federated.sites`), runs
-``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per client, 2 CPUs in all by default)
-with the ClientApp / ServerApp of this package, and compares with two baselines trained from
-the same initial weights with the same epoch budget (``n_rounds * local_epochs`` passes):
+:func:`simulate` builds the sites (:mod:`iotsentry.federated.sites`), runs the federation with
+the ClientApp / ServerApp of this package, and compares with two baselines trained from the
+same initial weights with the same epoch budget (``n_rounds * local_epochs`` passes):
 
 * ``centralized``: one model on the pooled train rows of all sites;
 * ``local``: one model per site on its own train rows.
 
-All three are scored on each site's held-out rows (ROC AUC of ``1 - P(benign)``); the
-reported figure is the unweighted mean over the sites whose held-out part has both classes
-(others have no defined AUC). The pooled held-out AUC is reported too.
+Two runtimes carry the same apps: ``ray`` is Flower's Simulation Runtime
+(``flwr.simulation.run_simulation``, one CPU per client); ``local`` is
+:class:`~iotsentry.federated.local_grid.LocalGrid` (same strategies and ClientApp, messages
+delivered in-process, no Ray start-up), used by the poisoning matrix.
 
-Run: ``python -m iotsentry.federated.simulate --rounds 10 --aggregator fedavg``.
+All models are scored on each site's held-out rows (:func:`evaluate_model`); the headline
+figure is the unweighted mean over the sites whose held-out part has both classes of each
+site's ROC AUC, reported beside the pooled AUC, the pooled F1 at the model's decision
+(``P(malicious) >= 0.5``) and the recall of held-out command-and-control flows at that
+decision (the class a targeted poisoning attack aims at).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +34,209 @@ import numpy as np
 from iotsentry.detectors.flow_mlp import FlowMLP
 from iotsentry.evaluation.metrics import roc_auc
 from iotsentry.federated.client_app import make_client_app, new_model
-from iotsentry.federated.server_app import AGGREGATORS, make_server_app
-from iotsentry.federated.sites import CLASSES, Site, build_sites, pooled_scaler, save_sites
+from iotsentry.federated.poisoning import AttackConfig
+from iotsentry.federated.sites import CLASSES, Site, build_sites, is_cc, pooled_scaler, save_sites
+from iotsentry.federated.strategies import AGGREGATORS
 
-__all__ = ["simulate"]
+__all__ = ["FLSetup", "evaluate_model", "prepare", "root_dataset", "run_federation", "simulate"]
+
+RUNTIMES = ("ray", "local")
 
 
-def _site_aucs(model: FlowMLP, sites: Sequence[Site]) -> list[float | None]:
-    return [
-        float(roc_auc(s.y_test == CLASSES[1], model.score(s.X_test))) if s.evaluable else None for s in sites
+@dataclass
+class FLSetup:
+    """Sites, the shared scaler and the initial weights every compared model starts from."""
+
+    sites: list[Site]
+    mean: np.ndarray
+    scale: np.ndarray
+    w0: list[np.ndarray]
+    hidden: tuple[int, ...]
+    seed: int
+
+    def model(self, weights: Sequence[np.ndarray] | None = None, seed_offset: int = 0) -> FlowMLP:
+        m = new_model(self.hidden, self.seed + seed_offset, self.mean, self.scale)
+        m.set_weights(self.w0 if weights is None else weights)
+        return m
+
+
+def prepare(
+    data_dir: str | Path,
+    splits: dict[str, int] | None = None,
+    hidden: Sequence[int] = (64, 32),
+    seed: int = 0,
+    split: str = "class-time",
+) -> FLSetup:
+    """Build the sites (:func:`~iotsentry.federated.sites.build_sites`), the pooled scaler and
+    seeded initial weights."""
+    sites = build_sites(data_dir, splits, split=split)
+    mean, scale = pooled_scaler(sites)
+    init = new_model(hidden, seed, mean, scale)
+    init.epochs = 0
+    init.fit(sites[0].X_train[:2], sites[0].y_train[:2])  # initialise weights only (0 epochs)
+    return FLSetup(sites, mean, scale, init.get_weights(), tuple(int(h) for h in hidden), seed)
+
+
+def evaluate_model(models: FlowMLP | Sequence[FlowMLP], sites: Sequence[Site]) -> dict[str, Any]:
+    """Held-out metrics of one model (or one model per site) on every site.
+
+    Returns ``auc_site_mean`` (mean over evaluable sites), ``auc_cross_site_mean`` (for one
+    model per site: the mean AUC of every site's model on every *other* evaluable site's
+    held-out rows, i.e. how well a site detects what it never saw; for one shared model the
+    same as ``auc_site_mean``), ``auc_per_site`` (``None`` where the
+    held-out part has one class), ``auc_pooled``, ``f1`` (pooled, malicious positive, decision
+    ``score >= 0.5``), ``targeted_recall`` (share of held-out C&C flows scored ``>= 0.5``) and
+    ``n_targeted``.
+    """
+    per = list(models) if isinstance(models, Sequence) else [models] * len(sites)
+    scores = [m.score(s.X_test) for m, s in zip(per, sites, strict=True)]
+    site_auc: list[float | None] = [
+        float(roc_auc(s.y_test == CLASSES[1], sc)) if s.evaluable else None
+        for s, sc in zip(sites, scores, strict=True)
     ]
-
-
-def _pooled_auc(models: Sequence[FlowMLP], sites: Sequence[Site]) -> float:
     y = np.concatenate([s.y_test == CLASSES[1] for s in sites])
-    sc = np.concatenate([m.score(s.X_test) for m, s in zip(models, sites, strict=True)])
-    return float(roc_auc(y, sc))
+    sc = np.concatenate(scores)
+    cc = np.concatenate([is_cc(s.d_test) for s in sites])
+    pred = sc >= 0.5
+    tp = int((pred & y).sum())
+    f1 = 2 * tp / max(int(pred.sum()) + int(y.sum()), 1)
+    valid = [a for a in site_auc if a is not None]
+    evaluable = [s for s in sites if s.evaluable]
+    owners = per if isinstance(models, Sequence) else per[:1]
+    cross = [
+        float(roc_auc(s.y_test == CLASSES[1], m.score(s.X_test)))
+        for i, m in enumerate(owners)
+        for j, s in enumerate(sites)
+        if s.evaluable and (len(owners) == 1 or i != j)
+    ]
+    return {
+        "auc_cross_site_mean": float(np.mean(cross)) if evaluable else float("nan"),
+        "auc_site_mean": float(np.mean(valid)) if valid else float("nan"),
+        "auc_per_site": site_auc,
+        "auc_pooled": float(roc_auc(y, sc)),
+        "f1": float(f1),
+        "targeted_recall": float(pred[cc].mean()) if cc.any() else float("nan"),
+        "n_targeted": int(cc.sum()),
+    }
 
 
-def _mean(values: Sequence[float | None]) -> float:
-    v = [x for x in values if x is not None]
+def root_dataset(
+    sites: Sequence[Site], per_class: int = 100, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The server's small clean dataset: ``per_class`` benign and malicious train rows.
+
+    A stand-in for the operator's own labelled lab captures (FLTrust's root dataset); drawn
+    with a fixed seed from the pooled train rows, so it is clean but not representative of
+    every site. Returns rows, labels and IoT-23 detailed labels.
+    """
+    X = np.concatenate([s.X_train for s in sites])
+    y = np.concatenate([s.y_train for s in sites])
+    d = np.concatenate([s.d_train for s in sites])
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(y == c), size=min(per_class, int((y == c).sum())), replace=False)
+            for c in CLASSES
+        ]
+    )
+    return X[idx], y[idx], d[idx]
+
+
+def _root_validator(setup: FLSetup, min_rows: int = 10) -> Any:
+    """Per-group cross-entropy of a proposed model on the root dataset (``guarded``).
+
+    Groups: benign, command-and-control, and every other detailed malicious label with at
+    least ``min_rows`` rows.
+    """
+    Xr, yr, dr = root_dataset(setup.sites, seed=setup.seed)
+    group = np.where(yr == CLASSES[0], "benign", np.where(is_cc(dr), "C&C", dr))
+    names = [g for g in dict.fromkeys(group.tolist()) if (group == g).sum() >= min_rows]
+    target = (yr == CLASSES[1]).astype(int)
+
+    def validate(w: list[np.ndarray]) -> np.ndarray:
+        p = np.clip(setup.model(w).predict_proba(Xr), 1e-7, 1.0)
+        ce = -np.log(p[np.arange(len(target)), target])
+        return np.array([ce[group == g].mean() for g in names])
+
+    return validate
+
+
+def _fltrust_update(setup: FLSetup, local_epochs: int) -> Any:
+    Xr, yr, _ = root_dataset(setup.sites, seed=setup.seed)
+
+    def server_update(w: list[np.ndarray], rnd: int) -> list[np.ndarray]:
+        m = setup.model(w)
+        new = m.partial_fit(Xr, yr, epochs=local_epochs).get_weights()
+        return [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(new, w, strict=True)]
+
+    return server_update
+
+
+def run_federation(
+    setup: FLSetup,
+    n_rounds: int,
+    aggregator: str,
+    *,
+    local_epochs: int = 1,
+    runtime: str = "ray",
+    attack: AttackConfig | None = None,
+    malicious: frozenset[int] = frozenset(),
+    num_cpus: int = 2,
+    **strategy_kwargs: Any,
+) -> dict[str, Any]:
+    """Run the ClientApp/ServerApp over the sites; returns the ServerApp's ``out`` record.
+
+    ``out["arrays"]`` holds the final global weights, ``out["eval"]`` the per-round per-site
+    evaluation replies, ``out["bytes_down"]`` / ``out["bytes_up"]`` the payload per site per
+    round.
+    """
+    from iotsentry.federated.server_app import make_server_app, run_rounds
+
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {aggregator!r}; choose from {', '.join(AGGREGATORS)}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if aggregator == "fltrust":
+        strategy_kwargs.setdefault("server_update", _fltrust_update(setup, local_epochs))
+    if aggregator == "guarded":
+        strategy_kwargs.setdefault("validate", _root_validator(setup))
+    strategy_kwargs.setdefault("seed", setup.seed)
+    n = len(setup.sites)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="iotsentry-fl-") as tmp:
+        sites_file = str(Path(tmp) / "sites.npz")
+        save_sites(setup.sites, sites_file)
+        client = make_client_app(
+            sites_file, hidden=setup.hidden, seed=setup.seed, attack=attack, malicious=malicious
+        )
+        if runtime == "local":
+            from iotsentry.federated.local_grid import LocalGrid
+
+            run_rounds(
+                LocalGrid(client, n), aggregator, n_rounds, n, setup.w0, out, local_epochs, **strategy_kwargs
+            )
+        else:
+            os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+            from flwr.simulation import run_simulation
+
+            run_simulation(
+                server_app=make_server_app(
+                    aggregator, n_rounds, n, setup.w0, out, local_epochs, **strategy_kwargs
+                ),
+                client_app=client,
+                num_supernodes=n,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False},
+                },
+            )
+    if "arrays" not in out:
+        raise RuntimeError("the Flower federation did not finish (no final weights); see its log")
+    return out
+
+
+def _site_mean(rows: list[dict[str, Any]]) -> float:
+    v = [float(r["auc"]) for r in rows if int(r["auc-valid"])]
     return float(np.mean(v)) if v else float("nan")
 
 
@@ -64,76 +250,65 @@ def simulate(
     hidden: Sequence[int] = (64, 32),
     seed: int = 0,
     num_cpus: int = 2,
+    runtime: str = "ray",
+    setup: FLSetup | None = None,
+    attack: str = "none",
+    malicious_fraction: float = 0.0,
     **strategy_kwargs: Any,
 ) -> dict[str, Any]:
-    """Run the Flower simulation and the two baselines; see the module docstring.
+    """Run the federation and the two baselines; see the module docstring.
+
+    With ``attack`` and ``malicious_fraction`` some sites poison the federation
+    (:func:`iotsentry.federated.poison_matrix.malicious_sites` picks them); the baselines are
+    trained on clean data.
 
     Returns a JSON-ready dict with ``federated`` / ``centralized`` / ``local`` blocks (each
-    ``auc_site_mean``, ``auc_per_site``, ``auc_pooled``), ``sites``, ``bytes_per_site_per_round``
-    and ``seconds``.
+    :func:`evaluate_model`'s keys; ``federated`` adds ``per_round_site_mean`` and the
+    ClientApp-reported ``auc_site_mean_reported``), ``sites``, ``bytes_per_site_per_round``,
+    ``weights`` (final global weights, not JSON) and ``seconds``.
     """
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    from flwr.simulation import run_simulation
-
-    if aggregator not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {aggregator!r}; choose from {AGGREGATORS}")
     t0 = time.time()
-    sites = build_sites(data_dir, splits)
-    mean, scale = pooled_scaler(sites)
-    init = new_model(hidden, seed, mean, scale)
-    init.epochs = 0
-    init.fit(sites[0].X_train[:2], sites[0].y_train[:2])  # initialise weights only (0 epochs)
-    w0 = init.get_weights()
+    setup = setup if setup is not None else prepare(data_dir, splits, hidden, seed)
+    sites = setup.sites
     budget = n_rounds * local_epochs
+    t1 = time.time()
+    from iotsentry.federated.poison_matrix import malicious_sites
 
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="iotsentry-fl-") as tmp:
-        sites_file = str(Path(tmp) / "sites.npz")
-        save_sites(sites, sites_file)
-        t1 = time.time()
-        run_simulation(
-            server_app=make_server_app(
-                aggregator, n_rounds, len(sites), w0, out, local_epochs=local_epochs, **strategy_kwargs
-            ),
-            client_app=make_client_app(sites_file, hidden=hidden, seed=seed),
-            num_supernodes=len(sites),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False},
-            },
-        )
-        t_fl = time.time() - t1
-    if "arrays" not in out:
-        raise RuntimeError("the Flower simulation did not finish (no final weights); see its log")
-
-    # federated: per-site AUC as reported by the ClientApps in the last evaluate round
-    last = {int(r["partition-id"]): r for r in out["eval"][-1]}
-    fed_sites: list[float | None] = [
-        float(last[i]["auc"]) if int(last[i]["auc-valid"]) else None for i in range(len(sites))
-    ]
-    fed = new_model(hidden, seed, mean, scale)
-    fed.set_weights(out["arrays"])
-
-    central = new_model(hidden, seed, mean, scale)
-    central.set_weights(w0)
+    bad = malicious_sites(len(sites), malicious_fraction, setup.seed) if attack != "none" else frozenset()
+    cfg = AttackConfig(attack, len(sites), len(bad), seed=setup.seed) if bad else None
+    out = run_federation(
+        setup,
+        n_rounds,
+        aggregator,
+        local_epochs=local_epochs,
+        runtime=runtime,
+        num_cpus=num_cpus,
+        attack=cfg,
+        malicious=bad,
+        **strategy_kwargs,
+    )
+    t_fl = time.time() - t1
+    fed = setup.model(out["arrays"])
+    central = setup.model()
     central.partial_fit(
         np.concatenate([s.X_train for s in sites]), np.concatenate([s.y_train for s in sites]), epochs=budget
     )
-
-    locals_: list[FlowMLP] = []
-    for i, s in enumerate(sites):
-        m = new_model(hidden, seed + i, mean, scale)
-        m.set_weights(w0)
-        m.partial_fit(s.X_train, s.y_train, epochs=budget)
-        locals_.append(m)
-    local_sites = [
-        float(roc_auc(s.y_test == CLASSES[1], m.score(s.X_test))) if s.evaluable else None
-        for m, s in zip(locals_, sites, strict=True)
+    locals_ = [
+        setup.model(seed_offset=i).partial_fit(s.X_train, s.y_train, epochs=budget)
+        for i, s in enumerate(sites)
     ]
-    central_sites = _site_aucs(central, sites)
-
+    fed_eval = evaluate_model(fed, sites)
+    fed_eval["auc_site_mean_reported"] = _site_mean(out["eval"][-1])
+    fed_eval["per_round_site_mean"] = [_site_mean(rows) for rows in out["eval"]]
+    fed_eval["per_round_per_site"] = [
+        {int(r["partition-id"]): (float(r["auc"]) if int(r["auc-valid"]) else None) for r in rows}
+        for rows in out["eval"]
+    ]
     return {
         "aggregator": aggregator,
+        "runtime": runtime,
+        "attack": attack,
+        "malicious_sites": sorted(sites[i].name for i in bad),
         "n_rounds": n_rounds,
         "local_epochs": local_epochs,
         "sites": [
@@ -147,42 +322,10 @@ def simulate(
             }
             for s in sites
         ],
-        "federated": {
-            "auc_site_mean": _mean(fed_sites),
-            "auc_per_site": fed_sites,
-            "auc_site_mean_recomputed": _mean(_site_aucs(fed, sites)),
-            "auc_pooled": _pooled_auc([fed] * len(sites), sites),
-            "per_round_site_mean": [
-                _mean([float(r["auc"]) if int(r["auc-valid"]) else None for r in rows])
-                for rows in out["eval"]
-            ],
-        },
-        "centralized": {
-            "auc_site_mean": _mean(central_sites),
-            "auc_per_site": central_sites,
-            "auc_pooled": _pooled_auc([central] * len(sites), sites),
-        },
-        "local": {
-            "auc_site_mean": _mean(local_sites),
-            "auc_per_site": local_sites,
-            "auc_pooled": _pooled_auc(locals_, sites),
-        },
+        "federated": fed_eval,
+        "centralized": evaluate_model(central, sites),
+        "local": evaluate_model(locals_, sites),
         "bytes_per_site_per_round": {"down": out["bytes_down"], "up": out["bytes_up"]},
-        "seconds": {"total": time.time() - t0, "flower_simulation": t_fl},
+        "weights": out["arrays"],
+        "seconds": {"total": time.time() - t0, "federation": t_fl},
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--aggregator", choices=AGGREGATORS, default="fedavg")
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[4] / "shared" / "data"))
-    args = p.parse_args(argv)
-    res = simulate(args.rounds, args.aggregator, args.data_dir, local_epochs=args.local_epochs)
-    print(json.dumps(res, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,9 +2,18 @@
 
 Each IoT-23 scenario (a Zeek ``conn.log.labeled`` or a labelled CSV under
 ``<data_dir>/iot23``) is sorted by time and cut into contiguous time slices, one per site;
-each site is then split by time into its first 80 % (train) and last 20 % (held-out).
-Sites are therefore non-IID by construction: different devices, malware families and
-malicious ratios (some honeypot scenarios are benign only, 34-1 is mostly malicious).
+each site is then split by time *per class*: the first 80 % of its benign flows and the first
+80 % of its malicious flows (in time order) train, the rest is held out. The per-class split
+keeps the held-out part later than the train part within each class, and gives every site
+with at least two malicious flows malicious flows on both sides (a plain time split leaves
+most IoT-23 sites without a malicious held-out flow: their infections come in bursts).
+Sites are non-IID by construction: different devices, malware families and malicious ratios
+(the honeypot scenarios are benign only, 34-1 is mostly malicious, 42-1 has 6 malicious
+flows among 4,426).
+
+Each site also keeps the IoT-23 *detailed* label of every row (``C&C``, ``DDoS``,
+``C&C-Torii``, ...; ``-`` for benign), used to measure targeted poisoning of one attack class
+(:func:`is_cc`).
 
 Features are :func:`iotsentry.features.flow_features.flow_matrix` rows, computed over the
 whole scenario before splitting; labels are ``"malicious"`` / ``"benign"`` from the
@@ -21,6 +30,7 @@ driver process, not sent through Flower messages.) The held-out rows never enter
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,22 +43,27 @@ from iotsentry.features.flow_features import flow_matrix
 __all__ = [
     "CLASSES",
     "DEFAULT_SPLITS",
+    "SPLITS",
     "Site",
     "build_sites",
+    "class_time_split",
+    "is_cc",
     "load_sites",
     "pooled_scaler",
     "save_sites",
     "scenario_files",
+    "time_slices",
 ]
 
 CLASSES = ("benign", "malicious")
+SPLITS = ("class-time", "time")
 
-#: scenario id -> number of time-contiguous sites (10 scenarios-splits -> 13 sites).
+#: scenario id -> number of time-contiguous sites (8 scenarios -> 15 sites, 12 evaluable).
 DEFAULT_SPLITS: dict[str, int] = {
-    "34-1": 3,
-    "42-1": 2,
-    "20-1": 2,
-    "21-1": 2,
+    "34-1": 8,
+    "42-1": 1,
+    "20-1": 1,
+    "21-1": 1,
     "44-1": 1,
     "4-1": 1,
     "5-1": 1,
@@ -68,11 +83,56 @@ class Site:
     y_train: Labels
     X_test: F32
     y_test: Labels
+    d_train: Labels
+    d_test: Labels
 
     @property
     def evaluable(self) -> bool:
         """True when the held-out part has both classes (so its AUC is defined)."""
         return len(set(self.y_test.tolist())) == 2
+
+
+def is_cc(detailed: Labels) -> npt.NDArray[np.bool_]:
+    """Rows whose IoT-23 detailed label is a command-and-control class (``C&C``, ``C&C-*``)."""
+    return np.char.startswith(np.asarray(detailed, dtype=str), "C&C")
+
+
+def time_slices(y: Labels, k: int) -> list[npt.NDArray[np.int64]]:
+    """Cut time-ordered rows into ``k`` contiguous slices holding equal numbers of benign rows.
+
+    Cutting at benign-count quantiles (rather than row counts) gives every slice of a
+    scenario with benign traffic some benign rows, while the malicious rows fall where they
+    happened: 34-1's DDoS hours land in one slice, so the malicious share varies from slice
+    to slice (non-IID). Without benign rows the rows are cut into equal counts.
+    """
+    n = len(y)
+    benign = np.flatnonzero(y == CLASSES[0])
+    if k <= 1 or len(benign) < k:
+        return list(np.array_split(np.arange(n, dtype=np.int64), max(k, 1)))
+    cuts = [0, *(int(benign[round(j * len(benign) / k)]) for j in range(1, k)), n]
+    return [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(cuts)]
+
+
+def class_time_split(y: Labels, train_frac: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices (into time-ordered rows) of the train and held-out parts, split per class.
+
+    For each class the first ``round(train_frac * n_class)`` rows train and the rest are held
+    out; a class with at least two rows always keeps one row on each side.
+    """
+    tr: list[npt.NDArray[np.int64]] = []
+    te: list[npt.NDArray[np.int64]] = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        cut = round(train_frac * len(idx))
+        if len(idx) >= 2:
+            cut = min(max(cut, 1), len(idx) - 1)
+        tr.append(idx[:cut])
+        te.append(idx[cut:])
+    empty = np.zeros(0, dtype=np.int64)
+    return (
+        np.sort(np.concatenate(tr)) if tr else empty,
+        np.sort(np.concatenate(te)) if te else empty,
+    )
 
 
 def scenario_files(data_dir: str | Path) -> dict[str, Path]:
@@ -92,12 +152,19 @@ def build_sites(
     data_dir: str | Path,
     splits: dict[str, int] | None = None,
     train_frac: float = 0.8,
+    split: str = "class-time",
 ) -> list[Site]:
     """Read the scenarios, featurise, and cut them into time-ordered sites.
+
+    ``split`` is ``"class-time"`` (default: per class, first ``train_frac`` of the rows in time
+    order train) or ``"time"`` (the site's first ``train_frac`` of rows train, whatever their
+    class: sites whose infection happens late have no malicious train row).
 
     Raises ``FileNotFoundError`` when a requested scenario file is missing.
     """
     splits = DEFAULT_SPLITS if splits is None else splits
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     files = scenario_files(data_dir)
     sites: list[Site] = []
     for sid, k in splits.items():
@@ -106,12 +173,20 @@ def build_sites(
         flows = read_flows(files[sid])
         X, _ = flow_matrix(flows)
         y = np.where(np.asarray(flows.columns["label"]).astype(str) == "malicious", CLASSES[1], CLASSES[0])
+        det = np.asarray(flows.columns.get("detailed_label", np.full(len(y), "-"))).astype(str)
+        det = np.where(y == CLASSES[0], "-", det)
         order = np.argsort(np.asarray(flows.columns["ts"], dtype=np.float64), kind="stable")
-        X, y = np.asarray(X, dtype=np.float32)[order], y[order]
-        for j, idx in enumerate(np.array_split(np.arange(len(y)), k)):
-            cut = round(train_frac * len(idx))
-            tr, te = idx[:cut], idx[cut:]
-            sites.append(Site(f"{sid}/{j}", X[tr], y[tr].astype(str), X[te], y[te].astype(str)))
+        X, y, det = np.asarray(X, dtype=np.float32)[order], y[order], det[order]
+        for j, idx in enumerate(time_slices(y, k)):
+            if split == "class-time":
+                tr_rel, te_rel = class_time_split(y[idx], train_frac)
+            else:
+                cut = round(train_frac * len(idx))
+                tr_rel, te_rel = np.arange(cut), np.arange(cut, len(idx))
+            tr, te = idx[tr_rel], idx[te_rel]
+            sites.append(
+                Site(f"{sid}/{j}", X[tr], y[tr].astype(str), X[te], y[te].astype(str), det[tr], det[te])
+            )
     return sites
 
 
@@ -130,14 +205,23 @@ def save_sites(sites: list[Site], path: str | Path) -> None:
     arrays: dict[str, npt.NDArray[np.generic]] = {"names": np.array([s.name for s in sites], dtype=str)}
     for i, s in enumerate(sites):
         arrays.update({f"Xtr{i}": s.X_train, f"ytr{i}": s.y_train, f"Xte{i}": s.X_test, f"yte{i}": s.y_test})
+        arrays.update({f"dtr{i}": s.d_train, f"dte{i}": s.d_test})
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
 def load_sites(path: str | Path) -> list[Site]:
     """Read what :func:`save_sites` wrote."""
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         names = z["names"].tolist()
         return [
-            Site(n, z[f"Xtr{i}"], z[f"ytr{i}"].astype(str), z[f"Xte{i}"], z[f"yte{i}"].astype(str))
+            Site(
+                n,
+                z[f"Xtr{i}"],
+                z[f"ytr{i}"].astype(str),
+                z[f"Xte{i}"],
+                z[f"yte{i}"].astype(str),
+                z[f"dtr{i}"].astype(str),
+                z[f"dte{i}"].astype(str),
+            )
             for i, n in enumerate(names)
         ]

@@ -478,10 +478,16 @@ def cmd_fl_simulate(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     if (args.attack != "none") != (args.malicious > 0):
         raise IotSentryError("--attack and --malicious go together (e.g. --attack sign-flip --malicious 0.2)")
+    if args.attack != "none" and args.model != "mlp":
+        raise IotSentryError("--attack: the poisoning attacks are defined for --model mlp only")
+    if args.model_out and args.model != "mlp":
+        raise IotSentryError(
+            "--model-out: only the flow classifier (--model mlp) is exported as a model directory"
+        )
     from iotsentry.federated.poison_matrix import quiet_flower
 
     quiet_flower()
-    setup = prepare(data, _fl_splits(args.sites), split=args.split)
+    setup = prepare(data, _fl_splits(args.sites), split=args.split, kind=args.model)
     res = simulate(
         args.rounds,
         args.aggregator,
@@ -502,6 +508,8 @@ def cmd_fl_simulate(args: argparse.Namespace) -> int:
         "pooled": {k: res[k]["auc_pooled"] for k in ("federated", "centralized", "local")},
         "targeted_recall": {k: res[k]["targeted_recall"] for k in ("federated", "centralized", "local")},
         "aggregator": args.aggregator,
+        "model": args.model,
+        "local_epochs": args.local_epochs,
         "attack": args.attack,
         "malicious_sites": res["malicious_sites"],
         "rounds": args.rounds,
@@ -690,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--split", default="class-time", choices=["class-time", "time"])
     fs.add_argument(
         "--runtime", default="ray", choices=["ray", "local"], help="ray: Flower Simulation Runtime"
+    )
+    fs.add_argument(
+        "--model", default="mlp", choices=["mlp", "ae"], help="mlp: flow classifier; ae: autoencoder"
     )
     fs.add_argument("--attack", default="none", choices=ATTACKS)
     fs.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious sites")

@@ -89,3 +89,19 @@ def test_local_runtime_fedavg_close_to_centralized(setup) -> None:  # type: igno
     assert res["centralized"]["auc_site_mean"] - res["federated"]["auc_site_mean"] < 0.05
     # each local-only model is weaker on other sites' traffic than on its own
     assert res["local"]["auc_cross_site_mean"] < res["local"]["auc_site_mean"]
+
+
+@pytest.mark.slow
+def test_federated_autoencoder_trains_on_benign_rows_only() -> None:
+    from iotsentry.federated.models import n_train_rows
+    from iotsentry.federated.simulate import prepare, simulate
+
+    setup = prepare(data_path(), SPLITS, kind="ae")
+    res = simulate(4, "fedavg", data_path(), setup=setup, runtime="local", local_epochs=2)
+    assert res["model"] == "ae"
+    # FedAvg weights: the benign rows a site trains on, not all its rows
+    assert n_train_rows("ae", ["benign", "malicious", "benign"]) == 2
+    assert res["federated"]["auc_site_mean"] > 0.8
+    assert res["federated"]["auc_site_mean"] == pytest.approx(
+        res["federated"]["auc_site_mean_reported"], abs=1e-9
+    )

@@ -1,4 +1,7 @@
-"""Flower ``ClientApp`` (Message API, flwr 1.42) training :class:`FlowMLP` on one IoT-23 site.
+"""Flower ``ClientApp`` (Message API, flwr 1.42) training a flow model on one IoT-23 site.
+
+The model is the supervised :class:`FlowMLP` (``kind="mlp"``) or the flow autoencoder
+(``kind="ae"``, benign rows only); see :mod:`iotsentry.federated.models`.
 
 Each simulated SuperNode is one site: ``context.node_config["partition-id"]`` indexes the
 sites saved by :func:`iotsentry.federated.sites.save_sites`. The sites file is read once per
@@ -19,25 +22,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from iotsentry.detectors.flow_mlp import FlowMLP
 from iotsentry.evaluation.metrics import roc_auc
+from iotsentry.federated import models
 from iotsentry.federated.poisoning import AttackConfig, malicious_weights
 from iotsentry.federated.sites import CLASSES, Site, is_cc, load_sites, pooled_scaler
 
 __all__ = ["cc_pool", "make_client_app", "new_model"]
 
 
-def new_model(hidden: Sequence[int], seed: int, mean: np.ndarray, scale: np.ndarray) -> FlowMLP:
-    """A FlowMLP with the shared class list and scaler (weights still to be set or fitted)."""
-    m = FlowMLP(hidden=hidden, classes=list(CLASSES), seed=seed)
-    m.set_scaler(mean, scale)
-    m.classes_ = np.array(CLASSES, dtype=str)
-    return m
+def new_model(
+    hidden: Sequence[int], seed: int, mean: np.ndarray, scale: np.ndarray, kind: str = "mlp"
+) -> Any:
+    """A model of ``kind`` (:mod:`iotsentry.federated.models`) with the shared scaler."""
+    return models.new_model(kind, hidden, seed, mean, scale)
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,6 +68,7 @@ def make_client_app(
     seed: int = 0,
     attack: AttackConfig | None = None,
     malicious: frozenset[int] = frozenset(),
+    kind: str = "mlp",
 ) -> ClientApp:
     """ClientApp serving the sites stored in ``sites_file`` (``malicious`` partitions attack)."""
     app = ClientApp()
@@ -74,10 +78,10 @@ def make_client_app(
 
         attack = dataclasses.replace(attack, cc_pool=cc_pool(_sites(sites_file)[0]))
 
-    def _site_and_model(msg: Message, context: Context) -> tuple[Site, FlowMLP, int]:
+    def _site_and_model(msg: Message, context: Context) -> tuple[Site, Any, int]:
         sites, (mean, scale) = _sites(sites_file)
         pid = int(context.node_config["partition-id"])
-        model = new_model(hidden, seed + pid, mean, scale)
+        model = new_model(hidden, seed + pid, mean, scale, kind)
         model.set_weights(msg.content.array_records["arrays"].to_numpy_ndarrays())
         return sites[pid], model, pid
 
@@ -91,7 +95,7 @@ def make_client_app(
             _, (mean, scale) = _sites(sites_file)
 
             def trainer(w: list[np.ndarray], X: np.ndarray, y: np.ndarray, s: int) -> list[np.ndarray]:
-                m = new_model(hidden, s, mean, scale)
+                m = new_model(hidden, s, mean, scale, kind)
                 m.set_weights(w)
                 return m.partial_fit(X, y, epochs=epochs).get_weights()
 
@@ -111,10 +115,10 @@ def make_client_app(
                 rnd,
                 peers,
             )
-            claimed = attack.claimed_examples or len(site.y_train)
+            claimed = attack.claimed_examples or models.n_train_rows(kind, site.y_train)
         else:
             weights = model.partial_fit(site.X_train, site.y_train, epochs=epochs).get_weights()
-            claimed = len(site.y_train)
+            claimed = models.n_train_rows(kind, site.y_train)
         content = RecordDict(
             {
                 "arrays": ArrayRecord([np.asarray(w, dtype=np.float32) for w in weights]),

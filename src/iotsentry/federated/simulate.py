@@ -1,4 +1,4 @@
-"""Federated training of :class:`FlowMLP` on IoT-23 sites, compared with centralized and local-only.
+"""Federated training of a flow model on IoT-23 sites, compared with centralized and local-only.
 
 :func:`simulate` builds the sites (:mod:`iotsentry.federated.sites`), runs the federation with
 the ClientApp / ServerApp of this package, and compares with two baselines trained from the
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from iotsentry.detectors.flow_mlp import FlowMLP
 from iotsentry.evaluation.metrics import roc_auc
 from iotsentry.federated.client_app import make_client_app, new_model
+from iotsentry.federated.models import DEFAULT_HIDDEN, MODEL_KINDS
 from iotsentry.federated.poisoning import AttackConfig
 from iotsentry.federated.sites import CLASSES, Site, build_sites, is_cc, pooled_scaler, save_sites
 from iotsentry.federated.strategies import AGGREGATORS
@@ -53,9 +53,10 @@ class FLSetup:
     w0: list[np.ndarray]
     hidden: tuple[int, ...]
     seed: int
+    kind: str = "mlp"
 
-    def model(self, weights: Sequence[np.ndarray] | None = None, seed_offset: int = 0) -> FlowMLP:
-        m = new_model(self.hidden, self.seed + seed_offset, self.mean, self.scale)
+    def model(self, weights: Sequence[np.ndarray] | None = None, seed_offset: int = 0) -> Any:
+        m = new_model(self.hidden, self.seed + seed_offset, self.mean, self.scale, self.kind)
         m.set_weights(self.w0 if weights is None else weights)
         return m
 
@@ -63,21 +64,30 @@ class FLSetup:
 def prepare(
     data_dir: str | Path,
     splits: dict[str, int] | None = None,
-    hidden: Sequence[int] = (64, 32),
+    hidden: Sequence[int] | None = None,
     seed: int = 0,
     split: str = "class-time",
+    kind: str = "mlp",
 ) -> FLSetup:
     """Build the sites (:func:`~iotsentry.federated.sites.build_sites`), the pooled scaler and
-    seeded initial weights."""
+    seeded initial weights of a ``kind`` model (:mod:`iotsentry.federated.models`)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown federated model {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    hidden = tuple(int(h) for h in (DEFAULT_HIDDEN[kind] if hidden is None else hidden))
     sites = build_sites(data_dir, splits, split=split)
     mean, scale = pooled_scaler(sites)
-    init = new_model(hidden, seed, mean, scale)
-    init.epochs = 0
-    init.fit(sites[0].X_train[:2], sites[0].y_train[:2])  # initialise weights only (0 epochs)
-    return FLSetup(sites, mean, scale, init.get_weights(), tuple(int(h) for h in hidden), seed)
+    init = new_model(hidden, seed, mean, scale, kind)
+    if kind == "ae":
+        init.init_weights()
+    else:
+        init.epochs = 0
+        init.fit(sites[0].X_train[:2], sites[0].y_train[:2])  # initialise weights only (0 epochs)
+    return FLSetup(sites, mean, scale, init.get_weights(), hidden, seed, kind)
 
 
-def evaluate_model(models: FlowMLP | Sequence[FlowMLP], sites: Sequence[Site]) -> dict[str, Any]:
+def evaluate_model(
+    models: Any, sites: Sequence[Site], threshold: float | Sequence[float] = 0.5
+) -> dict[str, Any]:
     """Held-out metrics of one model (or one model per site) on every site.
 
     Returns ``auc_site_mean`` (mean over evaluable sites), ``auc_cross_site_mean`` (for one
@@ -85,10 +95,11 @@ def evaluate_model(models: FlowMLP | Sequence[FlowMLP], sites: Sequence[Site]) -
     held-out rows, i.e. how well a site detects what it never saw; for one shared model the
     same as ``auc_site_mean``), ``auc_per_site`` (``None`` where the
     held-out part has one class), ``auc_pooled``, ``f1`` (pooled, malicious positive, decision
-    ``score >= 0.5``), ``targeted_recall`` (share of held-out C&C flows scored ``>= 0.5``) and
-    ``n_targeted``.
+    ``score >= threshold``), ``targeted_recall`` (share of held-out C&C flows at or above the
+    threshold) and ``n_targeted``.
     """
     per = list(models) if isinstance(models, Sequence) else [models] * len(sites)
+    models = models if isinstance(models, Sequence) else None
     scores = [m.score(s.X_test) for m, s in zip(per, sites, strict=True)]
     site_auc: list[float | None] = [
         float(roc_auc(s.y_test == CLASSES[1], sc)) if s.evaluable else None
@@ -97,12 +108,18 @@ def evaluate_model(models: FlowMLP | Sequence[FlowMLP], sites: Sequence[Site]) -
     y = np.concatenate([s.y_test == CLASSES[1] for s in sites])
     sc = np.concatenate(scores)
     cc = np.concatenate([is_cc(s.d_test) for s in sites])
-    pred = sc >= 0.5
+    thr = np.concatenate(
+        [
+            np.full(len(s.y_test), t)
+            for s, t in zip(sites, np.broadcast_to(threshold, len(sites)), strict=True)
+        ]
+    )
+    pred = sc >= thr
     tp = int((pred & y).sum())
     f1 = 2 * tp / max(int(pred.sum()) + int(y.sum()), 1)
     valid = [a for a in site_auc if a is not None]
     evaluable = [s for s in sites if s.evaluable]
-    owners = per if isinstance(models, Sequence) else per[:1]
+    owners = per if models is not None else per[:1]
     cross = [
         float(roc_auc(s.y_test == CLASSES[1], m.score(s.X_test)))
         for i, m in enumerate(owners)
@@ -196,6 +213,8 @@ def run_federation(
         raise ValueError(f"unknown aggregator {aggregator!r}; choose from {', '.join(AGGREGATORS)}")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if attack is not None and setup.kind != "mlp":
+        raise ValueError("poisoning attacks are defined for the supervised model (kind 'mlp') only")
     if aggregator == "fltrust":
         strategy_kwargs.setdefault("server_update", _fltrust_update(setup, local_epochs))
     if aggregator == "guarded":
@@ -207,7 +226,12 @@ def run_federation(
         sites_file = str(Path(tmp) / "sites.npz")
         save_sites(setup.sites, sites_file)
         client = make_client_app(
-            sites_file, hidden=setup.hidden, seed=setup.seed, attack=attack, malicious=malicious
+            sites_file,
+            hidden=setup.hidden,
+            seed=setup.seed,
+            attack=attack,
+            malicious=malicious,
+            kind=setup.kind,
         )
         if runtime == "local":
             from iotsentry.federated.local_grid import LocalGrid
@@ -235,6 +259,15 @@ def run_federation(
     return out
 
 
+def _threshold(setup: FLSetup, model: Any, fpr: float = 0.01) -> float:
+    """Decision threshold: 0.5 for the classifier; for the autoencoder the score exceeded by
+    ``fpr`` of the pooled benign train rows (each local-only model gets its own)."""
+    if setup.kind == "mlp":
+        return 0.5
+    benign = np.concatenate([s.X_train[s.y_train == CLASSES[0]] for s in setup.sites])
+    return float(np.quantile(model.score(benign), 1.0 - fpr))
+
+
 def _site_mean(rows: list[dict[str, Any]]) -> float:
     v = [float(r["auc"]) for r in rows if int(r["auc-valid"])]
     return float(np.mean(v)) if v else float("nan")
@@ -247,13 +280,14 @@ def simulate(
     *,
     splits: dict[str, int] | None = None,
     local_epochs: int = 1,
-    hidden: Sequence[int] = (64, 32),
+    hidden: Sequence[int] | None = None,
     seed: int = 0,
     num_cpus: int = 2,
     runtime: str = "ray",
     setup: FLSetup | None = None,
     attack: str = "none",
     malicious_fraction: float = 0.0,
+    kind: str = "mlp",
     **strategy_kwargs: Any,
 ) -> dict[str, Any]:
     """Run the federation and the two baselines; see the module docstring.
@@ -268,7 +302,7 @@ def simulate(
     ``weights`` (final global weights, not JSON) and ``seconds``.
     """
     t0 = time.time()
-    setup = setup if setup is not None else prepare(data_dir, splits, hidden, seed)
+    setup = setup if setup is not None else prepare(data_dir, splits, hidden, seed, kind=kind)
     sites = setup.sites
     budget = n_rounds * local_epochs
     t1 = time.time()
@@ -297,7 +331,8 @@ def simulate(
         setup.model(seed_offset=i).partial_fit(s.X_train, s.y_train, epochs=budget)
         for i, s in enumerate(sites)
     ]
-    fed_eval = evaluate_model(fed, sites)
+    thr = _threshold(setup, fed)
+    fed_eval = evaluate_model(fed, sites, thr)
     fed_eval["auc_site_mean_reported"] = _site_mean(out["eval"][-1])
     fed_eval["per_round_site_mean"] = [_site_mean(rows) for rows in out["eval"]]
     fed_eval["per_round_per_site"] = [
@@ -323,8 +358,9 @@ def simulate(
             for s in sites
         ],
         "federated": fed_eval,
-        "centralized": evaluate_model(central, sites),
-        "local": evaluate_model(locals_, sites),
+        "centralized": evaluate_model(central, sites, _threshold(setup, central)),
+        "local": evaluate_model(locals_, sites, [_threshold(setup, m) for m in locals_]),
+        "model": setup.kind,
         "bytes_per_site_per_round": {"down": out["bytes_down"], "up": out["bytes_up"]},
         "weights": out["arrays"],
         "seconds": {"total": time.time() - t0, "federation": t_fl},

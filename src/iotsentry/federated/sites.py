@@ -31,6 +31,7 @@ driver process, not sent through Flower messages.) The held-out rows never enter
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ __all__ = [
     "Site",
     "build_sites",
     "class_time_split",
+    "combine_moments",
     "is_cc",
     "load_sites",
+    "moments",
     "pooled_scaler",
     "save_sites",
     "scenario_files",
@@ -113,12 +116,27 @@ def time_slices(y: Labels, k: int) -> list[npt.NDArray[np.int64]]:
     return [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(cuts)]
 
 
-def class_time_split(y: Labels, train_frac: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Indices (into time-ordered rows) of the train and held-out parts, split per class.
+def class_time_split(
+    y: Labels, train_frac: float, ts: npt.ArrayLike | None = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices of the train and held-out parts, split per class by time.
 
-    For each class the first ``round(train_frac * n_class)`` rows train and the rest are held
-    out; a class with at least two rows always keeps one row on each side.
+    For each class the first ``round(train_frac * n_class)`` rows (in time order: by ``ts``
+    when given, else the rows are taken to be in time order already) train and the rest are
+    held out; a class with at least two rows always keeps one row on each side. Both index
+    arrays come back in time order.
     """
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must be in (0, 1), got {train_frac}")
+    labels = np.asarray(y).astype(str)
+    if ts is not None:
+        t = np.asarray(ts, dtype=np.float64)
+        if t.shape != labels.shape:
+            raise ValueError(f"ts and y differ in shape: {t.shape} vs {labels.shape}")
+        order = np.argsort(t, kind="stable")
+        tr_o, te_o = class_time_split(labels[order], train_frac)
+        return order[tr_o], order[te_o]
+    y = labels
     tr: list[npt.NDArray[np.int64]] = []
     te: list[npt.NDArray[np.int64]] = []
     for c in np.unique(y):
@@ -190,14 +208,28 @@ def build_sites(
     return sites
 
 
-def pooled_scaler(sites: list[Site]) -> tuple[F32, F32]:
-    """Mean and std of the pooled train rows, from per-site ``(n, sum, sum of squares)``."""
-    n = sum(len(s.X_train) for s in sites)
-    s1 = sum(s.X_train.astype(np.float64).sum(axis=0) for s in sites)
-    s2 = sum((s.X_train.astype(np.float64) ** 2).sum(axis=0) for s in sites)
+def moments(X: npt.ArrayLike) -> tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``(n, sum, sum of squares)`` per feature of the rows of ``X`` (float64)."""
+    A = np.asarray(X, dtype=np.float64)
+    return len(A), A.sum(axis=0), (A**2).sum(axis=0)
+
+
+def combine_moments(parts: Iterable[tuple[int, npt.ArrayLike, npt.ArrayLike]]) -> tuple[F32, F32]:
+    """Pooled mean and (population) standard deviation from per-site :func:`moments`."""
+    items = list(parts)
+    n = sum(int(p[0]) for p in items)
+    if n == 0:
+        raise ValueError("no training rows at any site")
+    s1 = np.sum([np.asarray(p[1], dtype=np.float64) for p in items], axis=0)
+    s2 = np.sum([np.asarray(p[2], dtype=np.float64) for p in items], axis=0)
     mean = s1 / n
     var = np.maximum(s2 / n - mean**2, 0.0)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def pooled_scaler(sites: list[Site]) -> tuple[F32, F32]:
+    """Mean and std of the pooled train rows, from per-site ``(n, sum, sum of squares)``."""
+    return combine_moments(moments(s.X_train) for s in sites)
 
 
 def save_sites(sites: list[Site], path: str | Path) -> None:

@@ -478,6 +478,10 @@ def cmd_fl_simulate(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     if (args.attack != "none") != (args.malicious > 0):
         raise IotSentryError("--attack and --malicious go together (e.g. --attack sign-flip --malicious 0.2)")
+    if args.model != "mlp" and args.aggregator in ("fltrust", "guarded"):
+        raise IotSentryError(
+            f"--aggregator {args.aggregator}: uses the server's labelled root data, --model mlp only"
+        )
     if args.attack != "none" and args.model != "mlp":
         raise IotSentryError("--attack: the poisoning attacks are defined for --model mlp only")
     if args.model_out and args.model != "mlp":

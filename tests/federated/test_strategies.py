@@ -159,13 +159,18 @@ def test_flame_strategy_rejects_the_minority_direction() -> None:
 
 
 def test_every_aggregator_builds_and_unknown_is_refused() -> None:
+    extra: dict[str, dict[str, Any]] = {
+        "fltrust": {"server_update": lambda w, r: w},
+        "guarded": {"validate": lambda w: np.zeros(2)},
+    }
     for name in AGGREGATORS:
-        kw = {"server_update": lambda w, r: w} if name == "fltrust" else {}
-        assert make_strategy(name, 15, {}, **kw) is not None
+        assert make_strategy(name, 15, {}, **extra.get(name, {})) is not None
     with pytest.raises(ValueError, match="unknown aggregator"):
         make_strategy("fedsgd", 15, {})
     with pytest.raises(ValueError, match="root-dataset"):
         make_strategy("fltrust", 15, {})
+    with pytest.raises(ValueError, match="root-dataset"):
+        make_strategy("guarded", 15, {})
 
 
 def test_bulyan_f_is_capped_to_what_n_sites_allow() -> None:
@@ -200,3 +205,21 @@ def test_configure_train_records_the_global_weights() -> None:
     assert len(msgs) == 3
     assert strat._global is not None
     _close(strat._global, g)
+
+
+def test_guarded_strategy_drops_a_model_that_gives_up_one_class() -> None:
+    g = [np.zeros(s, np.float32) for s in SHAPES]
+    u = _updates(7, 12)
+    u = [[a * 0.01 for a in x] for x in u]
+    marker = 5  # site 5's model sacrifices group 1 (e.g. C&C) on the server's data
+
+    def validate(w: list[np.ndarray]) -> np.ndarray:
+        is_marked = bool(np.allclose(w[0], u[marker][0]))
+        return np.array([0.3, 3.0 if is_marked else 0.3 + 0.01 * float(np.abs(w[0]).mean())])
+
+    strat = _robust_strategy("guarded", g, validate=validate)
+    got = _flower(strat, u)
+    kept = strat.out["accepted"][-1]
+    assert marker not in kept and len(kept) == 6
+    norms = [float(np.linalg.norm(robust.flatten(x))) for x in u]
+    _close(got, robust.norm_clip([u[i] for i in kept], float(np.median(norms)), reference=g))

@@ -215,6 +215,10 @@ def run_federation(
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     if attack is not None and setup.kind != "mlp":
         raise ValueError("poisoning attacks are defined for the supervised model (kind 'mlp') only")
+    if setup.kind != "mlp" and aggregator in ("fltrust", "guarded"):
+        raise ValueError(
+            f"{aggregator} trains / validates on the server's labelled root dataset: --model mlp only"
+        )
     if aggregator == "fltrust":
         strategy_kwargs.setdefault("server_update", _fltrust_update(setup, local_epochs))
     if aggregator == "guarded":

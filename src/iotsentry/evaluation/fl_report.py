@@ -258,16 +258,18 @@ def write_fl_report(result: Mapping[str, Any], path: str | Path) -> Path:
 
 # -- redteam poison --------------------------------------------------------------------------------
 def q5_cell_verdict(cell: Mapping[str, Any]) -> str:
-    """``clean`` | ``within`` | ``broken`` (Q5 limits at <= 30 % malicious) | ``not judged`` | ``n/a``."""
+    """``clean`` | ``within`` | ``broken`` (Q5 limits at <= 30 % malicious: targeted recall and
+    AUC, as :func:`iotsentry.federated.poison_matrix.summarise`) | ``not judged`` | ``n/a``."""
     if cell.get("attack") == "none":
         return "clean"
     frac = _num(cell.get("fraction"))
     if frac is None or frac > Q5_MAX_FRACTION + 1e-9:
         return "not judged"
-    lt, la, lf = (_num(_get(cell, "loss_vs_clean", k)) for k in ("targeted_recall", "auc_site_mean", "f1"))
-    if lt is None or la is None or lf is None:
+    lt, la = (_num(_get(cell, "loss_vs_clean", k)) for k in ("targeted_recall", "auc_site_mean"))
+    lp = _num(_get(cell, "loss_vs_clean", "auc_pooled"))
+    if lt is None or la is None:
         return "n/a"
-    return "broken" if lt > Q5_TARGETED or max(la, lf) > Q5_OVERALL else "within"
+    return "broken" if lt > Q5_TARGETED or max(la, lp or 0.0) > Q5_OVERALL else "within"
 
 
 def _heatmaps(
@@ -320,12 +322,15 @@ def write_poison_report(matrix: Mapping[str, Any], path: str | Path) -> Path:
         clean = s.get("clean") or {}
         cls, label = (' class="default"', f"{agg} (default)") if agg == default else ("", agg)
         ok = bool(s["meets_target"]) if "meets_target" in s else None
+        ok_f1 = bool(s["meets_target_with_f1"]) if "meets_target_with_f1" in s else None
         sum_rows.append(
             f"<tr{cls}><td>{_e(label)}</td>"
             + "".join(_td(clean.get(k)) for k in ("auc_site_mean", "auc_pooled", "f1", "targeted_recall"))
             + _td(s.get("worst_targeted_loss"), sign=True)
-            + _td(s.get("worst_overall_loss"), sign=True)
-            + f"<td>{_e(s.get('worst_cell') or 'n/a')}</td><td>{_verdict(ok, 'yes', 'no')}</td></tr>"
+            + _td(s.get("worst_auc_loss", s.get("worst_overall_loss")), sign=True)
+            + _td(s.get("worst_f1_loss"), sign=True)
+            + f"<td>{_e(s.get('worst_cell') or 'n/a')}</td><td>{_verdict(ok, 'yes', 'no')}</td>"
+            + f"<td>{_verdict(ok_f1, 'yes', 'no')}</td></tr>"
         )
     fractions = sorted(
         {f for c in cells if c.get("attack") != "none" and (f := _num(c.get("fraction"))) is not None}
@@ -368,12 +373,14 @@ def write_poison_report(matrix: Mapping[str, Any], path: str | Path) -> Path:
         "<h2>Summary per aggregator</h2>",
         _table(
             "Aggregator|Clean per-site mean AUC|Clean pooled AUC|Clean F1|Clean targeted recall|"
-            "Worst targeted-recall loss (≤ 30 %)|Worst overall loss (≤ 30 %)|Worst attack|Meets Q5",
+            "Worst targeted-recall loss (≤ 30 %)|Worst AUC loss (≤ 30 %)|Worst F1 loss (≤ 30 %)|"
+            "Worst attack|Meets Q5|Also F1 ≤ 1 point",
             sum_rows,
         ),
         f'<p class="muted">Q5 target: with at most {Q5_MAX_FRACTION:.0%} malicious sites, no attack costs '
-        f"more than {Q5_TARGETED} targeted recall nor more than {Q5_OVERALL} per-site mean AUC or F1 "
-        "against the same aggregator's clean run. Losses are clean minus attacked (positive = worse).</p>",
+        f"more than {Q5_TARGETED} targeted recall nor more than {Q5_OVERALL} per-site mean or pooled AUC "
+        "against the same aggregator's clean run; the last column also holds the pooled F1 at the fixed 0.5 "
+        "decision to that limit. Losses are clean minus attacked (positive = worse).</p>",
         "<h2>Attack × aggregator</h2>",
         '<p class="muted">Per malicious fraction; the first row is each aggregator\'s clean run, the colour '
         "scale is 0 (red) to 1 (green); hover a cell for its loss against the clean run.</p>",

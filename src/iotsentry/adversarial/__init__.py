@@ -7,7 +7,9 @@ Modules (import them directly; this package imports nothing heavy):
   ZOO (scores) via the Adversarial Robustness Toolbox, plain and constrained;
 * :mod:`~iotsentry.adversarial.defences` -- adversarial training, a monotone bounded-feature
   model, an ensemble over feature views;
-* :mod:`~iotsentry.adversarial.evaluate` -- the feature-space evasion table of BENCHMARKS Q6.
+* :mod:`~iotsentry.adversarial.evaluate` -- the feature-space evasion table of BENCHMARKS Q6;
+* :mod:`~iotsentry.adversarial.problem_space` and the ``problem_*`` modules -- problem-space
+  attacks that transform captures, then re-extract features.
 """
 
 from __future__ import annotations

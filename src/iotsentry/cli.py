@@ -591,6 +591,54 @@ def cmd_redteam_poison(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redteam_evasion(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from iotsentry.adversarial.evaluate import run_evasion
+    from iotsentry.adversarial.problem_eval import evaluate_recipe
+    from iotsentry.adversarial.redteam import problem_rows, strongest, write_evasion_report
+
+    data = Path(args.data)
+    if not (data / "iot23").is_dir():
+        raise IotSentryError(f"{data}: no iot23/ folder here (give --data)")
+    models = [m.strip() for m in args.model.split(",")] if args.model else None
+    recipes = [r.strip().upper() for r in args.recipes.split(",") if r.strip()] if args.recipes else []
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    if models is None or any(m != "profile" for m in models):
+        print("feature space: training the flow models and attacking them ...", file=sys.stderr, flush=True)
+        feat = run_evasion(data, n_malicious=args.n_malicious, n_blackbox=args.n_blackbox, eps=args.eps)
+        rows += [r for r in feat["rows"] if models is None or r["model"] in models]
+        meta["feature"] = feat["meta"]
+    if recipes and (models is None or "profile" in models):
+        with tempfile.TemporaryDirectory(prefix="iotsentry-evasion-") as tmp:
+            for name in recipes:
+                print(f"problem space: recipe {name} ...", file=sys.stderr, flush=True)
+                rows += problem_rows(evaluate_recipe(name, data, Path(tmp) / name))
+        meta["problem"] = {"recipes": recipes}
+    if not rows:
+        raise IotSentryError(
+            f"--model {args.model}: no rows (models: default, mlp, hgb, mlp-adv, ensemble, profile)"
+        )
+    keys = (
+        "model",
+        "attack",
+        "space",
+        "realisable",
+        "clean_detection_rate",
+        "adversarial_detection_rate",
+        "fpr",
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([{**{k: r.get(k) for k in keys}, **r} for r in rows], indent=2, default=str)
+        )
+    if args.report:
+        write_evasion_report({"rows": rows, "meta": meta}, args.report)
+    print(json.dumps(strongest(rows), indent=2, default=str))
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from iotsentry.evaluation.synthetic_home import generate_home
@@ -734,6 +782,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", help="write {default_aggregator, cells: [...]} here")
     rp.add_argument("--report", help="write an HTML report with heatmaps here")
     rp.set_defaults(func=cmd_redteam_poison)
+    re_ = rt_sub.add_parser("evasion", help="evasion red-team: feature-space and problem-space attacks")
+    re_.add_argument(
+        "--model", help="comma list of models (default all: default, mlp, hgb, mlp-adv, ensemble, profile)"
+    )
+    re_.add_argument(
+        "--recipes", default="D1,D3,D5", help="Q1 recipes for the problem-space attacks ('' = none)"
+    )
+    re_.add_argument("--n-malicious", type=int, default=200, help="malicious flows attacked (feature space)")
+    re_.add_argument("--n-blackbox", type=int, default=50, help="flows for the black-box attacks")
+    re_.add_argument("--eps", type=float, default=3.0, help="feature-space budget, standardised units")
+    re_.add_argument("--data", default=str(Path("..") / "shared" / "data"))
+    re_.add_argument("--json", help="write the rows here (list of {model, attack, space, realisable, ...})")
+    re_.add_argument("--report", help="write an HTML report with plots here")
+    re_.set_defaults(func=cmd_redteam_evasion)
 
     from iotsentry.integrity import keys_cli
 

@@ -53,7 +53,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from iotsentry.capture.zeek import read_flows
 from iotsentry.detectors.flow_mlp import FlowMLP
@@ -62,6 +62,7 @@ from iotsentry.evaluation.metrics import roc_auc
 from iotsentry.features.flow_features import flow_matrix
 from iotsentry.federated.model_export import write_model_dir
 from iotsentry.federated.sites import class_time_split, combine_moments, moments
+from iotsentry.federated.strategies import make_strategy
 
 CLASSES = ("benign", "malicious")
 #: Aggregators of the deployment: Flower built-in strategies.
@@ -316,37 +317,17 @@ class _RecordingGrid(Grid):
         return replies
 
 
-def _mean_valid_auc(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    rows = [c.metric_records["metrics"] for c in contents]
-    aucs = [float(r["auc"]) for r in rows if int(r["auc-valid"])]  # type: ignore[arg-type]
-    return MetricRecord({"auc-site-mean": float(np.mean(aucs)) if aucs else -1.0, "n-evaluable": len(aucs)})
-
-
 def make_builtin_strategy(
     aggregator: str, min_nodes: int, trim_beta: float = 0.2, krum_f: int = 1
 ) -> Strategy:
-    """Flower's built-in strategy for ``aggregator``: every connected node trains and evaluates.
-
-    At least ``min_nodes`` nodes must be connected before a round starts; the evaluation
-    metric is the unweighted mean AUC of the sites whose held-out rows hold both classes.
-    """
-    common: dict[str, Any] = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": min_nodes,
-        "min_evaluate_nodes": min_nodes,
-        "min_available_nodes": min_nodes,
-        "evaluate_metrics_aggr_fn": _mean_valid_auc,
-    }
-    if aggregator == "fedavg":
-        return FedAvg(**common)
-    if aggregator == "median":
-        return FedMedian(**common)
-    if aggregator == "trimmed-mean":
-        return FedTrimmedAvg(beta=trim_beta, **common)
-    if aggregator == "krum":
-        return Krum(num_malicious_nodes=krum_f, **common)
-    raise ValueError(f"unknown aggregator {aggregator!r}; choose from {AGGREGATORS}")
+    """Flower's built-in strategy for ``aggregator`` (one of :data:`AGGREGATORS`), built by
+    :func:`iotsentry.federated.strategies.make_strategy`: every connected node trains and
+    evaluates, at least ``min_nodes`` nodes must be connected before a round starts; the
+    evaluation metric is the unweighted mean AUC of the sites whose held-out rows hold both
+    classes."""
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {aggregator!r}; choose from {AGGREGATORS}")
+    return make_strategy(aggregator, min_nodes, {}, trim_beta=trim_beta, assumed_malicious=krum_f)
 
 
 def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:

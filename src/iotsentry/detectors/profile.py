@@ -10,10 +10,21 @@ Two layers:
   packet (``packet_scores``) and every device window (``window_findings``), and explains each
   finding in words. Devices whose baseline is not mature get only the absolute floors (scans,
   floods), so short or young captures do not raise "new peer" noise.
+
+Across windows, :class:`ProfileDetector` also keeps per device the distinct *new targets* it
+reached after learning -- (peer, protocol, destination port) of its outbound initiations whose
+service, or whose peer (reached by bare IP, no DNS name), its baseline never saw -- over a
+sliding horizon (``SLOW_HORIZON_S``, by packet time, at most ``SLOW_MAX_TARGETS`` remembered
+per device). More of them in the horizon than the device's limit (``margin`` x the most its
+settled baseline reached in any horizon, never below ``SLOW_FLOOR_MATURE``;
+``SLOW_FLOOR_IMMATURE`` for young baselines) is a "slow-scan" finding, dated at the packet that
+crossed the limit, at most once per device per horizon: a scan paced below every per-window
+limit still adds up.
 """
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -21,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.baseline.periodicity import connection_starts
-from iotsentry.baseline.profile import Baseline, TokenRows, service_label
+from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows, service_label
 from iotsentry.detectors.base import Detector, register
+from iotsentry.features import _window_kernels as K
 from iotsentry.features.device_context import WINDOW_S, PacketContext
 from iotsentry.features.windows import WINDOW_FEATURES, WindowTable, window_table
 from iotsentry.schema import PacketBatch, ip_to_str
@@ -105,6 +117,40 @@ FLOOD_MEAN_FRAME = 150.0
 
 DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services", "new_names")
 
+SLOW_HORIZON_S = 3600.0
+"""Sliding horizon (packet time) over which distinct new targets are counted (slow scans)."""
+SLOW_FLOOR_MATURE = 20.0
+"""Smallest slow-scan limit (distinct new targets per horizon) of a device with a mature baseline."""
+SLOW_FLOOR_IMMATURE = 50.0
+"""Slow-scan limit of a device whose baseline is not mature (every peer of it is new). Below 60,
+so that one new port a minute is caught within the hour; the 550 IoT SENTINEL setup captures
+reach at most 35."""
+SLOW_MAX_TARGETS = 4096
+"""At most this many new targets are remembered per device (oldest forgotten first)."""
+
+
+def learned_discovery(
+    prof: DeviceProfile, horizon_s: float = SLOW_HORIZON_S, extrapolate: bool = True
+) -> float:
+    """Most new peers + new services the device met in any ``horizon_s`` span of the settled
+    second half of its learning period (with ``extrapolate``, its rate scaled to the horizon
+    when that half is shorter than it)."""
+    X = prof.matrix()
+    if not len(X):
+        return 0.0
+    ts = np.asarray(prof.window_ts, dtype=np.float64)
+    order = np.argsort(ts, kind="stable")
+    X, ts = X[order], ts[order]
+    half = len(X) // 2
+    v = X[half:, F["new_peers"]] + X[half:, F["new_services"]]
+    t = ts[half:]
+    span = float(t[-1] - t[0]) + WINDOW_S
+    if span < horizon_s:
+        return float(v.sum()) * (horizon_s / span if extrapolate else 1.0)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    end = np.searchsorted(t, t + horizon_s, side="left")
+    return float((c[end] - c[np.arange(len(t))]).max())
+
 
 @register
 class WindowProfileDetector(Detector):
@@ -168,6 +214,48 @@ def _squash(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return 1.0 - np.exp(-np.maximum(x, 0.0))
 
 
+class SlowScanState:
+    """The new targets one device reached after learning, for the slow-scan rule (bounded)."""
+
+    def __init__(self, limit: float, learned: float, horizon_s: float, cap: int) -> None:
+        self.limit = limit
+        self.learned = learned
+        self.horizon_s = horizon_s
+        self.cap = cap
+        self.seen: dict[int, tuple[float, int, int, int, int, float]] = {}
+        """Target key -> (first time, peer hi, peer lo, protocol, port, its part in a scan);
+        at most ``cap``, the oldest forgotten first."""
+        self.recent: deque[tuple[float, tuple[int, int], tuple[int, int]]] = deque()
+        """(first time, peer, (protocol, port)) of the targets first reached inside the horizon."""
+        self.per_peer: Counter[tuple[int, int]] = Counter()
+        self.per_port: Counter[tuple[int, int]] = Counter()
+        self.next_ts = -np.inf
+        """Earliest time of the next finding (one per horizon)."""
+
+    def _drop_oldest(self) -> None:
+        _, peer, svc = self.recent.popleft()
+        for c, k in ((self.per_peer, peer), (self.per_port, svc)):
+            c[k] -= 1
+            if c[k] <= 0:
+                del c[k]
+
+    def add(self, key: int, t: float, hi: int, lo: int, proto: int, port: int) -> int:
+        """Record a target first reached at ``t``; returns the targets in the horizon up to it."""
+        while self.recent and self.recent[0][0] <= t - self.horizon_s:
+            self._drop_oldest()
+        if len(self.recent) >= self.cap:
+            self._drop_oldest()
+        peer, svc = (hi, lo), (proto, port)
+        self.recent.append((t, peer, svc))
+        self.per_peer[peer] += 1
+        self.per_port[svc] += 1
+        part = float(max(self.per_peer[peer], self.per_port[svc]))
+        self.seen[key] = (t, hi, lo, proto, port, part)
+        if len(self.seen) > self.cap:
+            del self.seen[next(iter(self.seen))]
+        return len(self.recent)
+
+
 class ProfileDetector:
     """Site-level profile-deviation detection over packet batches (see module docstring)."""
 
@@ -202,6 +290,17 @@ class ProfileDetector:
             np.zeros(0, np.int64),
         )
         self._starts_known = np.zeros(0, dtype=bool)
+        self.slow_horizon_s = SLOW_HORIZON_S
+        self.slow_max_targets = SLOW_MAX_TARGETS
+        self.slow: list[SlowScanState] = []
+        """Per device: the new targets it reached after learning (slow-scan rule)."""
+        self._slow_pending: list[Finding] = []
+        self._slow_count = np.zeros(0)
+
+    def _add_slow_state(self, learned: float, mature: bool) -> None:
+        floor = SLOW_FLOOR_MATURE if mature else SLOW_FLOOR_IMMATURE
+        limit = max(floor, self.margin * learned)
+        self.slow.append(SlowScanState(limit, learned, self.slow_horizon_s, self.slow_max_targets))
 
     def fit(self) -> ProfileDetector:
         """Freeze the baseline and fit one window model per device."""
@@ -215,6 +314,7 @@ class ProfileDetector:
         self._trust = np.zeros(n)
         self._calm_peer = np.ones(n)
         self._calm_tok = np.ones(n)
+        self.slow, self._slow_pending = [], []
         for i, prof in enumerate(self.baseline.profiles):
             mat = prof.maturity()
             mature = mat.mature
@@ -230,6 +330,9 @@ class ProfileDetector:
                 self._calm_tok[i] = 1.0 - float(np.mean(tail[:, F["new_names"]] > 0))
                 self._max_packets[i] = X[:, F["packets"]].max()
                 self._max_new[i] = X[len(X) // 2 :, F["new_peers"]].max()
+            # a young baseline's rate says little: its own count only, never extrapolated
+            learned = learned_discovery(prof, self.slow_horizon_s, extrapolate=mature)
+            self._add_slow_state(learned, mature)
         return self
 
     def _ensure_devices(self, n: int) -> None:
@@ -242,6 +345,7 @@ class ProfileDetector:
             self._trust = np.append(self._trust, 0.0)
             self._calm_peer = np.append(self._calm_peer, 1.0)
             self._calm_tok = np.append(self._calm_tok, 1.0)
+            self._add_slow_state(0.0, False)
             if len(self.labels) < n:
                 self.labels.append(self.baseline.device_ids[len(self.labels)])
 
@@ -302,7 +406,14 @@ class ProfileDetector:
             per_device = np.stack([m.limits_[shape_cols] for m in self.window_models])
             ratios = table.shape / per_device[dev]
             s_shape = _squash(ratios.max(axis=1))
-        scores = trust * novelty + 0.5 * s_rate + s_shape
+        # the packet's part in a slow scan: new targets of its device on the same peer or port
+        self._slow_count = self._slow_update(batch, ctx, valid)
+        slow_limit = np.array([x.limit for x in self.slow]) if self.slow else np.full(1, SLOW_FLOOR_IMMATURE)
+        slow_ratio = self._slow_count / slow_limit[np.minimum(dev, len(slow_limit) - 1)]
+        # ... and a step once that part alone is beyond the device's limit (a paced scan's
+        # probes look like any other new port; only their number gives them away)
+        s_slow = _squash(slow_ratio) + 0.5 * (slow_ratio > 1.0)
+        scores = trust * novelty + 0.5 * s_rate + s_shape + s_slow
         scores = np.where(valid, scores, 0.0)
         if len(table):
             scores = scores + 0.25 * (wscores[gi] > 1.0)
@@ -333,7 +444,101 @@ class ProfileDetector:
                 feat = "packets"  # many or large packets per target: a flood, even if it sprays ports
             pk = np.flatnonzero(table.group_of_packet == r)
             out.append(self._explain(batch, ctx, d, r, feat, float(wscores[r]), pk, table))
+        out.extend(self._slow_pending)
+        self._slow_pending = []
         return out
+
+    def _slow_update(
+        self, batch: PacketBatch, ctx: PacketContext, valid: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.float64]:
+        """Track the new targets of the batch's outbound initiations (findings are queued for
+        :meth:`findings`); per packet, its part in a slow scan: how many new targets of its
+        device share its peer or its port in the horizon when its target was first reached
+        (0 for packets that reach no new target).
+
+        Packets are taken in batch order, so for time-ordered input the values and findings do
+        not depend on how the stream is cut into batches.
+        """
+        n = len(ctx)
+        out = np.zeros(n)
+        if len(self._new_peer) != n:
+            return out
+        # unexplained novelty only: a new peer reached through a DNS name on a known service
+        # (a cloud address rotating, a new CDN node) is not probing
+        cand = valid & ctx.initiation & (self._new_unnamed | self._new_service)
+        idx = np.flatnonzero(cand)
+        if not len(idx):
+            return out
+        proto = ctx.proto[idx].astype(np.uint64)
+        tcp_udp = (proto == 6) | (proto == 17)
+        port = np.where(tcp_udp, batch.dst_port[idx].astype(np.uint64), ctx.service[idx].astype(np.uint64))
+        hi, lo = ctx.peer_hi[idx], ctx.peer_lo[idx]
+        keys = K.mix(np.stack([hi.astype(np.uint64), lo.astype(np.uint64), proto, port]))
+        devs = ctx.device[idx]
+        ts = batch.ts[idx].astype(np.float64)
+        for d in np.unique(devs).tolist():
+            st = self.slow[d]
+            sel = np.flatnonzero(devs == d)
+            uk, first, inv = np.unique(keys[sel], return_index=True, return_inverse=True)
+            for j in np.sort(first).tolist():
+                r = int(sel[j])
+                key = int(keys[r])
+                if key in st.seen:
+                    continue
+                t = float(ts[r])
+                count = st.add(key, t, int(hi[r]), int(lo[r]), int(proto[r]), int(port[r]))
+                if count > st.limit and t >= st.next_ts:
+                    st.next_ts = t + st.horizon_s
+                    self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
+            part = np.array([st.seen[k][5] if k in st.seen else 0.0 for k in uk.tolist()])
+            out[idx[sel]] = part[inv.ravel()]
+        return out
+
+    def _slow_finding(
+        self, d: int, t: float, count: int, row: int, batch: PacketBatch, ctx: PacketContext
+    ) -> Finding:
+        """Explain device ``d``'s new targets crossing its limit at time ``t`` (packet ``row``)."""
+        st = self.slow[d]
+        prof = self.baseline.profiles[d]
+        label = self.labels[d] if d < len(self.labels) else prof.device_id
+        span = max(t - st.recent[0][0], 0.0) if st.recent else 0.0
+        (top_hi, top_lo), top_n = st.per_peer.most_common(1)[0]
+        proto = int(ctx.proto[row])
+        port = int(batch.dst_port[row]) if proto in (6, 17) else int(ctx.service[row])
+        peer_ip = ip_to_str(top_hi, top_lo)
+        hours = st.horizon_s / 3600.0
+        per = "hour" if hours == 1.0 else f"{st.horizon_s / 60:.0f} min"
+        if self.mature[d] if d < len(self.mature) else False:
+            base = f"its baseline reached at most {st.learned:.0f} new peers/services in any {per}"
+        else:
+            base = f"its baseline is not mature ({prof.maturity().reason})"
+        reason = (
+            f"{label} reached {count} new (peer, port) targets in {span / 60:.0f} min "
+            f"({len(st.per_peer)} peer(s), {len(st.per_port)} port(s); {top_n} of them on {peer_ip}), "
+            f"above its limit of {st.limit:.0f} per {per}: slow scan / discovery; {base}; "
+            f"baseline: {len(prof.peers)} peers, services {prof.top_services()}"
+        )
+        return Finding(
+            device=d,
+            device_id=prof.device_id,
+            ts=t,
+            score=count / st.limit,
+            threshold=1.0,
+            feature="slow_scan",
+            category="slow-scan",
+            reason=reason,
+            peer_ip=peer_ip,
+            peer_port=port,
+            proto=proto,
+            values={
+                "new_targets": float(count),
+                "limit": st.limit,
+                "learned_max": st.learned,
+                "span_s": span,
+                "peers": float(len(st.per_peer)),
+                "ports": float(len(st.per_port)),
+            },
+        )
 
     def _explain(
         self,

@@ -56,6 +56,10 @@ class AnalysisConfig:
     margin: float = 2.0
     type_model: Path | None = None
     """A device-type model (``iotsentry train --types``); without it types are rule-based guesses."""
+    drift_guard: bool = False
+    """Refuse bare-IP peers and scan shapes that ramp up while the baseline learns (boiling-frog
+    defence, :mod:`~iotsentry.baseline.ramp_guard`); off by default: real devices that are set up
+    during learning grow too (docs/results.md Q6)."""
 
 
 @dataclass
@@ -192,6 +196,7 @@ class Analyzer:
         index = DeviceIndex([d.device_id for d in devices], gw)
         labels = [d.label for d in devices]
         baseline = Baseline([d.device_id for d in devices])
+        baseline.drift_guard = self.config.drift_guard
         self.baseline = baseline
         t_end = self.learn_end()
         names = self.tracker.ip_names

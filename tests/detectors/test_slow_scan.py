@@ -154,3 +154,63 @@ def test_memory_is_bounded_by_the_cap() -> None:
     # targets leave the horizon: the count falls back
     assert st.add(10**6, 1000.0 + 50.0 + 3600.0, 2, 0, 6, 1) == 1
     assert len(st.per_peer) == 1
+
+
+SSH_IP = "203.0.113.22"
+C2_IP = "203.0.113.66"
+
+
+def test_paced_brute_force_on_a_new_target_raises_one_brute_force_alert(tmp_path: Path) -> None:
+    """One SSH login attempt every 90 s: far below any per-minute limit, 40 in an hour."""
+    from iotsentry.detectors.profile import BRUTE_FLOOR_MATURE
+
+    rows = _home("")
+    for i in range(40):
+        _session(rows, T0 + LEARN_S + 90.0 * (i + 1) + 3.0, SSH_IP, 22, 20000 + i)
+    res = Analyzer([_write(tmp_path / "ssh.pcap", rows)], AnalysisConfig(learn_seconds=LEARN_S)).run()
+    dev = next(d for d in res.devices if DEV_IP in d.ips)
+    brute = [a for a in res.alerts if a.category == "brute-force"]
+    assert len(brute) == 1 and brute[0].device_id == dev.device_id
+    crossing = int(BRUTE_FLOOR_MATURE) + 1
+    assert brute[0].timestamp == pytest.approx(T0 + LEARN_S + 90.0 * crossing + 3.0, abs=1e-3)
+    assert (brute[0].dest_ip, brute[0].dest_port) == (SSH_IP, 22)
+    assert f"opened {crossing} connections to {SSH_IP} port 22/tcp" in brute[0].reason
+    # the same device's steady cloud sessions (every 30 s, 240 an hour) are learned: no alert
+    assert not [
+        a for a in res.alerts if a.category in ("brute-force", "repeated-attempts") and a.dest_ip == CLOUD_IP
+    ]
+
+
+def _ramped_c2(duration_s: float = LEARN_S + 1800.0) -> list[tuple[float, bytes]]:
+    """The quiet device, plus C&C sessions to a bare IP ramping up linearly while it learns
+    (boiling frog: 0 at the start, one a minute at the end), then one a minute after learning."""
+    rows = _home("", duration_s)
+    t, i = 600.0, 0
+    while t < duration_s:
+        _session(rows, T0 + t + 11.0, C2_IP, 6667, 25000 + i % 5000)
+        rate = min(t / LEARN_S, 1.0) / 60.0  # sessions per second
+        t += 1.0 / rate
+        i += 1
+    return rows
+
+
+def test_drift_guard_refuses_a_ramping_bare_ip_peer(tmp_path: Path) -> None:
+    path = _write(tmp_path / "frog.pcap", _ramped_c2())
+    plain = Analyzer([path], AnalysisConfig(learn_seconds=LEARN_S)).run()
+    guarded = Analyzer([path], AnalysisConfig(learn_seconds=LEARN_S, drift_guard=True)).run()
+
+    def on_c2(alerts: list[Alert]) -> list[Alert]:
+        return [a for a in alerts if a.dest_ip == C2_IP and a.category != "baseline-drift"]
+
+    # learned while it ramped: the plain baseline is blind to it
+    assert on_c2(plain.alerts) == []
+    # the guard refused it: it is new after learning, and the ramp itself is reported
+    assert on_c2(guarded.alerts)
+    drift = [a for a in guarded.alerts if a.category == "baseline-drift"]
+    assert len(drift) == 1 and C2_IP in drift[0].reason
+    dev = next(d for d in guarded.devices if DEV_IP in d.ips)
+    q = guarded.baselines[dev.device_id]["quarantined"]
+    assert [e["key"] for e in q] == [C2_IP]
+    assert q[0]["second_half"] > 2 * q[0]["first_half"]
+    # the steady peers stay learned
+    assert CLOUD_IP not in [e["key"] for e in q]

@@ -253,8 +253,13 @@ def evaluate_boiling_frog(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     fpr: float = DEFAULT_FPR,
     stream: bool = True,
+    drift_guard: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows per (detector, r) of one Q1 recipe; ``r = 0`` is the unpoisoned capture."""
+    """Rows per (detector, r) of one Q1 recipe; ``r = 0`` is the unpoisoned capture.
+
+    With ``drift_guard`` the profile detector's baseline refuses what ramps up while it learns
+    (model ``profile+guard``; the threshold is recalibrated on the benign capture with the guard).
+    """
     recipe = RECIPES[name]
     kind = ATTACKS.get(name, "cc")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -265,11 +270,11 @@ def evaluate_boiling_frog(
     # the same set-up as problem_eval.evaluate_recipe
     servers = _servers(pk, AttackerSelector(recipe.victim_ip))
     attacker = AttackerSelector(recipe.victim_ip, servers=servers, servers_controlled=kind == "cc")
-    clean = analyze(built.pcap, built.learn_seconds)
+    clean = analyze(built.pcap, built.learn_seconds, drift_guard)
     learn_end = float(clean.result.stats["learn_end"])
     victim = _victim(clean.result, recipe.victim_ip)
     benign_path = data_dir / recipe.benign
-    benign = analyze(benign_path, built.learn_seconds)
+    benign = analyze(benign_path, built.learn_seconds, drift_guard)
     if float(benign.result.stats["learn_end"]) != learn_end:
         raise RuntimeError(f"{recipe.benign}: learning period differs from the mixed capture's")
     tau = _threshold(benign.scores[benign.ts >= learn_end], fpr)
@@ -303,13 +308,13 @@ def evaluate_boiling_frog(
             new, cost, info = poison_learning(pk, attacker, learn_end_us, r)
             out = work_dir / f"{name}.boiling_frog.r{r:g}.pcap"
             new.write(out, work_dir / f"{name}.boiling_frog.r{r:g}.labels.csv")
-            run = analyze(out, built.learn_seconds)
+            run = analyze(out, built.learn_seconds, drift_guard)
             if float(run.result.stats["learn_end"]) != learn_end:
                 raise RuntimeError(f"{out}: the learning period moved")
         row = ctx.row("clean" if r == 0.0 else "boiling_frog", f"r={r:g}", new, cost, run, out)
         realisable = _realisable(pk, new, row["checks"])
         prof = {
-            "model": "profile",
+            "model": "profile+guard" if drift_guard else "profile",
             "attack": name,
             "attack_kind": kind,
             "r": r,
@@ -367,7 +372,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for x in rows:
         alert = "—" if x["alert_fires"] is None else f"{'yes' if x['alert_fires'] else 'no'} ({x['alerts']})"
         lat = (
-            "—" if x["model"] != "profile" else ("never" if x["latency_s"] is None else _f(x["latency_s"], 1))
+            "—"
+            if not x["model"].startswith("profile")
+            else ("never" if x["latency_s"] is None else _f(x["latency_s"], 1))
         )
         real = "—" if x["realisable"] is None else ("yes" if x["realisable"] else "NO")
         lines.append(
@@ -396,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--r", type=float, action="append", help="final injection rate / attack rate (repeatable)"
     )
     ap.add_argument("--no-stream", action="store_true", help="profile detector only")
+    ap.add_argument(
+        "--drift-guard", action="store_true", help="profile baseline refuses what ramps up while learning"
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -407,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fractions=tuple(args.r or DEFAULT_FRACTIONS),
             fpr=args.fpr,
             stream=not args.no_stream,
+            drift_guard=args.drift_guard,
         )
     print(markdown_table(rows))
     print(

@@ -156,9 +156,9 @@ class Run:
     analyzer: Analyzer
 
 
-def analyze(path: Path, learn_seconds: float) -> Run:
+def analyze(path: Path, learn_seconds: float, drift_guard: bool = False) -> Run:
     """Analyze a capture as Q1 does, learning only from its first ``learn_seconds``."""
-    an = Analyzer([path], AnalysisConfig(learn_seconds=learn_seconds))
+    an = Analyzer([path], AnalysisConfig(learn_seconds=learn_seconds, drift_guard=drift_guard))
     parts: list[tuple[Any, Any, Any]] = []
 
     def sink(batch: Any, device: Any, scores: Any) -> None:

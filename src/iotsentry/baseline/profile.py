@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
+from iotsentry.baseline.ramp_guard import RampGuard
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import PacketContext
@@ -60,6 +61,10 @@ class DeviceProfile:
     windows: list[npt.NDArray[np.float64]] = field(default_factory=list)
     window_ts: list[float] = field(default_factory=list)
     discoveries: list[float] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    """Peers / services refused by the drift-rate limit (they ramped up while learning)."""
+    capped: list[str] = field(default_factory=list)
+    """Window features whose learned range was capped at the first half's (they ramped up)."""
     first_ts: float = float("inf")
     last_ts: float = float("-inf")
 
@@ -99,6 +104,8 @@ class DeviceProfile:
             "per_window": vol,
             "observed_s": max(0.0, self.last_ts - self.first_ts),
             "maturity": mat.to_dict(),
+            "quarantined": list(self.quarantined),
+            "capped_features": list(self.capped),
         }
 
     def top_services(self, k: int = 4) -> str:
@@ -131,6 +138,11 @@ class Baseline:
         self._peer_counts = np.zeros(0, np.float64)
         self._svc_keys = np.zeros(0, np.uint64)
         self._svc_counts = np.zeros(0, np.float64)
+        self.drift_guard = False
+        """Refuse bare-IP peers that ramp up while learning (:mod:`~iotsentry.baseline.ramp_guard`)."""
+        self._guard = RampGuard()
+        self._key_label: dict[int, tuple[int, str, str]] = {}
+        """Learned key -> (device, "peer" | "service", address or service label)."""
 
     # -- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -214,6 +226,10 @@ class Baseline:
         idx = np.flatnonzero(valid)
         pst = _key_stats(pk, ctx.window, idx)
         sst = _key_stats(sk, ctx.window, idx)
+        if self.drift_guard and len(idx):
+            g_dev = ctx.device[idx].astype(np.int64)
+            g_ts = batch.ts[idx].astype(np.float64)
+            self._guard.add(pk[idx], g_dev, g_ts)
         known_p = self._first_window_flags(pst, ctx.window, idx, self._peer_win)
         known_s = self._first_window_flags(sst, ctx.window, idx, self._svc_win)
         has_name, name_known, local = self.named(batch, ctx, ip_names)
@@ -299,6 +315,7 @@ class Baseline:
             prof = self.profiles[dev]
             if k not in store:
                 prof.discoveries.append(t)
+                self._key_label[k] = (dev, kind, ip_to_str(x, y) if kind == "peer" else service_label(x, y))
             store[k] = store.get(k, 0) + c
             if kind == "peer":
                 ip = ip_to_str(x, y)
@@ -344,8 +361,35 @@ class Baseline:
         """End learning: build the vectorised lookup tables and the learned schedules."""
         self._frozen = True
         self.periodicity.freeze()
+        if self.drift_guard:
+            self._quarantine(self._guard.ramped())
         self._peer_keys, self._peer_counts = _sorted_table(self._peer_win)
         self._svc_keys, self._svc_counts = _sorted_table(self._svc_win)
+
+    def _quarantine(self, ramped: dict[int, tuple[float, float]]) -> None:
+        """Unlearn the keys that ramped up while learning; note them in their profiles."""
+        for key, (first, second) in ramped.items():
+            where = self._key_label.get(key)
+            store = self._peer_win if where and where[1] == "peer" else self._svc_win
+            if where is None or key not in store:
+                continue
+            dev, kind, label = where
+            if kind != "peer" or label in self.profiles[dev].peer_names or _is_local_text(label):
+                continue  # a named or local peer is known by its name / place, not by its count
+            del store[key]
+            prof = self.profiles[dev]
+            entry: dict[str, Any] = {"kind": kind, "key": label, "first_half": first, "second_half": second}
+            if kind == "peer":
+                prof.peers.pop(label, None)
+                name = prof.peer_names.pop(label, "")
+                if name and name not in prof.peer_names.values():
+                    # the name came only with the ramping address: unlearn it too
+                    self._names[dev].discard(name)
+                    prof.names.discard(name)
+                entry["name"] = name
+            else:
+                prof.services.pop(label, None)
+            prof.quarantined.append(entry)
 
     @property
     def frozen(self) -> bool:
@@ -357,6 +401,12 @@ class Baseline:
         self.device_ids.append(device_id)
         self.profiles.append(DeviceProfile(device_id))
         return len(self.profiles) - 1
+
+
+def _is_local_text(ip: str) -> bool:
+    hi, lo = ip_from_str(ip)
+    h, x = np.array([hi], np.uint64), np.array([lo], np.uint64)
+    return bool(is_local(h, x)[0] or is_multicast(h, x)[0])
 
 
 def _key_stats(

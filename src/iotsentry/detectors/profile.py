@@ -31,8 +31,9 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.baseline.periodicity import connection_starts
+from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
 from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows, service_label
+from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.device_context import WINDOW_S, PacketContext
@@ -115,6 +116,13 @@ this many packets per distinct target is named a flood."""
 FLOOD_MEAN_FRAME = 150.0
 """... and so is one whose frames average more than this many bytes (probes are small)."""
 
+PROTO_TEXT = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+LOGIN_PORTS = frozenset({21, 22, 23, 110, 143, 445, 902, 1433, 2222, 2323, 3306, 3389, 5432, 5900, 8291})
+"""Services whose repeated connection attempts are named a brute force (others: repeated attempts)."""
+
+SCAN_SHAPE_FEATURES = ("max_ports_per_peer", "max_peers_per_port", "syn_only", "max_conns_per_target")
+"""Window features whose learned range the drift guard caps when they ramp up while learning."""
+
 DISCOVERY_FEATURES = ("new_peers", "new_unnamed_peers", "new_services", "new_names")
 
 SLOW_HORIZON_S = 3600.0
@@ -127,6 +135,12 @@ so that one new port a minute is caught within the hour; the 550 IoT SENTINEL se
 reach at most 35."""
 SLOW_MAX_TARGETS = 4096
 """At most this many new targets are remembered per device (oldest forgotten first)."""
+BRUTE_FLOOR_MATURE = 30.0
+"""Most connection attempts a device with a mature baseline may open to one *new* target (a
+peer it reached by bare IP or a service its baseline never used) in a horizon: a brute force
+paced below the per-window limit (``max_conns_per_target``) still adds up."""
+BRUTE_FLOOR_IMMATURE = 60.0
+"""The same for a young baseline: one attempt a minute is not yet an alert."""
 
 
 def learned_discovery(
@@ -159,17 +173,24 @@ class WindowProfileDetector(Detector):
     name = "profile-window"
     version = "1"
 
-    def __init__(self, margin: float = 2.0, mature: bool = True) -> None:
+    def __init__(self, margin: float = 2.0, mature: bool = True, drift_guard: bool = False) -> None:
         self.margin = margin
         self.mature = mature
+        self.drift_guard = drift_guard
 
     def fit(self, X: npt.NDArray[np.float64]) -> Self:
         """Learn the limits from benign window rows (time order matters for discovery features)."""
         X = np.asarray(X, dtype=np.float64).reshape(-1, len(WINDOW_FEATURES))
         floors = FLOORS_MATURE if self.mature else FLOORS_IMMATURE
         limits = np.array([floors[f] for f in WINDOW_FEATURES], dtype=np.float64)
+        self.capped_: list[str] = []
         if len(X):
             learned = X.max(axis=0)
+            if self.drift_guard:
+                # a volume or shape that ramped up while learning keeps the first half's range
+                cols = [F[f] for f in SCAN_SHAPE_FEATURES]
+                learned, capped = capped_range(X, cols)
+                self.capped_ = [WINDOW_FEATURES[j] for j in capped]
             # discovery is high while a device is set up: use the settled second half only
             tail = X[len(X) // 2 :]
             for f in DISCOVERY_FEATURES:
@@ -231,6 +252,29 @@ class SlowScanState:
         self.per_port: Counter[tuple[int, int]] = Counter()
         self.next_ts = -np.inf
         """Earliest time of the next finding (one per horizon)."""
+        self.conn_limit = BRUTE_FLOOR_IMMATURE
+        self.conns: dict[int, deque[float]] = {}
+        """Target key (of ``seen``) -> times of the latest connection attempts to it, at most
+        ``conn_limit`` + 1 of them."""
+        self.conn_next_ts = -np.inf
+        """Earliest time of the next repeated-attempt finding (one per horizon)."""
+
+    def attempt(self, key: int, t: float, tcp: bool) -> int:
+        """Record a connection attempt to a known new target; returns the attempts in the horizon.
+
+        Every TCP SYN is an attempt; other initiations (UDP datagrams, pings) count only after a
+        ``SESSION_GAP_S`` pause on the target, so a stream is one attempt, not one per packet.
+        """
+        q = self.conns.get(key)
+        if q is None:
+            q = self.conns[key] = deque(maxlen=int(self.conn_limit) + 1)
+        if tcp or not q or t - q[-1] >= SESSION_GAP_S:
+            q.append(t)
+        elif q:
+            q[-1] = t
+        while q and q[0] <= t - self.horizon_s:
+            q.popleft()
+        return len(q)
 
     def _drop_oldest(self) -> None:
         _, peer, svc = self.recent.popleft()
@@ -252,7 +296,9 @@ class SlowScanState:
         part = float(max(self.per_peer[peer], self.per_port[svc]))
         self.seen[key] = (t, hi, lo, proto, port, part)
         if len(self.seen) > self.cap:
-            del self.seen[next(iter(self.seen))]
+            old = next(iter(self.seen))
+            del self.seen[old]
+            self.conns.pop(old, None)
         return len(self.recent)
 
 
@@ -300,7 +346,9 @@ class ProfileDetector:
     def _add_slow_state(self, learned: float, mature: bool) -> None:
         floor = SLOW_FLOOR_MATURE if mature else SLOW_FLOOR_IMMATURE
         limit = max(floor, self.margin * learned)
-        self.slow.append(SlowScanState(limit, learned, self.slow_horizon_s, self.slow_max_targets))
+        st = SlowScanState(limit, learned, self.slow_horizon_s, self.slow_max_targets)
+        st.conn_limit = BRUTE_FLOOR_MATURE if mature else BRUTE_FLOOR_IMMATURE
+        self.slow.append(st)
 
     def fit(self) -> ProfileDetector:
         """Freeze the baseline and fit one window model per device."""
@@ -320,7 +368,12 @@ class ProfileDetector:
             mature = mat.mature
             self._trust[i] = mat.score
             X = prof.matrix()
-            self.window_models.append(WindowProfileDetector(margin=self.margin, mature=mature).fit(X))
+            guard = self.baseline.drift_guard
+            wm = WindowProfileDetector(margin=self.margin, mature=mature, drift_guard=guard)
+            self.window_models.append(wm.fit(X))
+            prof.capped = list(wm.capped_)
+            if prof.quarantined or prof.capped:
+                self._slow_pending.append(self._drift_finding(i, prof))
             self.mature.append(mature)
             self._learn_windows[i] = len(X)
             if len(X):
@@ -479,20 +532,99 @@ class ProfileDetector:
         for d in np.unique(devs).tolist():
             st = self.slow[d]
             sel = np.flatnonzero(devs == d)
-            uk, first, inv = np.unique(keys[sel], return_index=True, return_inverse=True)
-            for j in np.sort(first).tolist():
-                r = int(sel[j])
+            uk, inv = np.unique(keys[sel], return_inverse=True)
+            inv = inv.ravel()
+            attempts = np.zeros(len(sel))
+            for j, r in enumerate(sel.tolist()):
                 key = int(keys[r])
-                if key in st.seen:
-                    continue
                 t = float(ts[r])
-                count = st.add(key, t, int(hi[r]), int(lo[r]), int(proto[r]), int(port[r]))
-                if count > st.limit and t >= st.next_ts:
-                    st.next_ts = t + st.horizon_s
-                    self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
+                if key not in st.seen:
+                    count = st.add(key, t, int(hi[r]), int(lo[r]), int(proto[r]), int(port[r]))
+                    if count > st.limit and t >= st.next_ts:
+                        st.next_ts = t + st.horizon_s
+                        self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
+                # repeated attempts on one new target: a paced brute force
+                n_att = st.attempt(key, t, int(proto[r]) == 6)
+                attempts[j] = n_att
+                if n_att > st.conn_limit and t >= st.conn_next_ts:
+                    st.conn_next_ts = t + st.horizon_s
+                    self._slow_pending.append(self._brute_finding(d, t, n_att, int(idx[r]), batch, ctx))
             part = np.array([st.seen[k][5] if k in st.seen else 0.0 for k in uk.tolist()])
-            out[idx[sel]] = part[inv.ravel()]
+            # in the limit of the device's slow-scan rule: the larger of the two parts
+            out[idx[sel]] = np.maximum(part[inv], attempts * (st.limit / st.conn_limit))
         return out
+
+    def _drift_finding(self, d: int, prof: DeviceProfile) -> Finding:
+        """A device whose traffic ramped up while its baseline learned (refused, not learned)."""
+        label = self.labels[d] if d < len(self.labels) else prof.device_id
+        parts = []
+        top = sorted(prof.quarantined, key=lambda e: -float(e["second_half"]))[:3]
+        for e in top:
+            who = f"{e['key']} ({e['name']})" if e.get("name") else str(e["key"])
+            parts.append(f"{e['kind']} {who}: {e['first_half']:.0f} -> {e['second_half']:.0f} packets")
+        if prof.capped:
+            parts.append("per-minute " + ", ".join(prof.capped))
+        peer = next((e for e in top if e["kind"] == "peer"), None)
+        growth = max([e["second_half"] / max(e["first_half"], 1.0) for e in prof.quarantined] or [RAMP_RATIO])
+        reason = (
+            f"{label}: traffic grew more than x{RAMP_RATIO:g} between the halves of its learning period "
+            f"({'; '.join(parts)}{' ...' if len(prof.quarantined) > 3 else ''}); not learned into the "
+            f"baseline (possible slow baseline poisoning)"
+        )
+        return Finding(
+            device=d,
+            device_id=prof.device_id,
+            ts=float(prof.last_ts) if np.isfinite(prof.last_ts) else 0.0,
+            score=float(growth) / RAMP_RATIO,
+            threshold=1.0,
+            feature="baseline_drift",
+            category="baseline-drift",
+            reason=reason,
+            peer_ip=str(peer["key"]) if peer else "",
+            peer_port=0,
+            proto=0,
+            values={
+                "quarantined": float(len(prof.quarantined)),
+                "capped_features": float(len(prof.capped)),
+                "growth": float(growth),
+            },
+        )
+
+    def _brute_finding(
+        self, d: int, t: float, count: int, row: int, batch: PacketBatch, ctx: PacketContext
+    ) -> Finding:
+        """Explain device ``d``'s repeated attempts on one new target crossing its limit."""
+        st = self.slow[d]
+        prof = self.baseline.profiles[d]
+        label = self.labels[d] if d < len(self.labels) else prof.device_id
+        proto = int(ctx.proto[row])
+        port = int(batch.dst_port[row]) if proto in (6, 17) else int(ctx.service[row])
+        peer_ip = ip_to_str(int(ctx.peer_hi[row]), int(ctx.peer_lo[row]))
+        key_times = [q for q in st.conns.values() if len(q) == count]
+        span = t - key_times[0][0] if key_times else 0.0
+        per = "hour" if st.horizon_s == 3600.0 else f"{st.horizon_s / 60:.0f} min"
+        login = proto == 6 and port in LOGIN_PORTS
+        what = "paced brute force on a login service" if login else "paced brute force or a new beacon"
+        reason = (
+            f"{label} opened {count} connections to {peer_ip} port {port}/{PROTO_TEXT.get(proto, proto)} "
+            f"in {span / 60:.0f} min, a target its baseline never used, above its limit of "
+            f"{st.conn_limit:.0f} per {per}: {what}; "
+            f"baseline: {len(prof.peers)} peers, services {prof.top_services()}"
+        )
+        return Finding(
+            device=d,
+            device_id=prof.device_id,
+            ts=t,
+            score=count / st.conn_limit,
+            threshold=1.0,
+            feature="slow_brute_force",
+            category="brute-force" if login else "repeated-attempts",
+            reason=reason,
+            peer_ip=peer_ip,
+            peer_port=port,
+            proto=proto,
+            values={"attempts": float(count), "limit": st.conn_limit, "span_s": span},
+        )
 
     def _slow_finding(
         self, d: int, t: float, count: int, row: int, batch: PacketBatch, ctx: PacketContext

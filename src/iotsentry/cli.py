@@ -797,9 +797,11 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--report", help="write an HTML report with plots here")
     re_.set_defaults(func=cmd_redteam_evasion)
 
+    from iotsentry.api import api_cli
     from iotsentry.integrity import keys_cli
 
     keys_cli.register(sub)
+    api_cli.register(sub)
 
     dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
     dm.add_argument("--out-dir", default="demo-out")

@@ -113,6 +113,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX alerts_last_ts ON alerts (last_ts)",
         ),
     ),
+    Migration(
+        "REST API: bearer tokens, alert acknowledgement/assignment audit columns and action log",
+        (
+            """
+            CREATE TABLE api_tokens (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                token_hash TEXT NOT NULL UNIQUE,
+                scope TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
+                created_at REAL NOT NULL,
+                expires_at REAL,
+                revoked_at REAL,
+                last_used_at REAL
+            )
+            """,
+            "CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked_at IS NULL",
+            "ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT",
+            "ALTER TABLE alerts ADD COLUMN acknowledged_at REAL",
+            "ALTER TABLE alerts ADD COLUMN assigned_by TEXT",
+            "ALTER TABLE alerts ADD COLUMN assigned_at REAL",
+            """
+            CREATE TABLE alert_actions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+                action TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                actor_token_id INTEGER,
+                at REAL NOT NULL,
+                value TEXT,
+                note TEXT
+            )
+            """,
+            "CREATE INDEX alert_actions_alert ON alert_actions (alert_id, at)",
+            "CREATE INDEX alerts_severity ON alerts (severity, last_ts)",
+            "CREATE INDEX alerts_assignee ON alerts (assignee, last_ts)",
+        ),
+    ),
 )
 """The schema steps of this version of iotsentry, oldest first. Append, never edit."""
 

@@ -23,8 +23,17 @@ from iotsentry.alerts.policy import alert_dedup_key
 from iotsentry.errors import InputError
 from iotsentry.schema import Alert, Device
 from iotsentry.store.migrations import MIGRATIONS, Migration, migrate
+from iotsentry.store.records import (
+    TOKEN_SCOPES,
+    AlertAction,
+    AlertQuery,
+    ApiToken,
+    DeviceQuery,
+    DeviceSummary,
+)
 
 _DEVICE_EXTRA_LISTS = ("dns_names", "ssdp", "user_agents", "tls_sni")
+_AUDIT_COLUMNS = ("acknowledged_by", "acknowledged_at", "assigned_by", "assigned_at")
 
 
 def _json_default(obj: Any) -> Any:
@@ -141,6 +150,10 @@ class StoredAlert:
     last_ts: float
     acknowledged: bool
     assignee: str | None
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    assigned_by: str | None = None
+    assigned_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The EVE record plus the store's fields (JSON-ready)."""
@@ -192,6 +205,7 @@ def _stored_alert(row: sqlite3.Row) -> StoredAlert:
         last_ts=float(row["last_ts"]),
         acknowledged=bool(row["acknowledged"]),
         assignee=row["assignee"],
+        **{k: row[k] for k in _AUDIT_COLUMNS if k in row.keys()},  # noqa: SIM118 (sqlite3.Row)
     )
 
 
@@ -486,3 +500,455 @@ class Store:
                 "UPDATE alerts SET acknowledged = 1, assignee = ? WHERE id = ?", (who, int(alert_id))
             )
             return cur.rowcount == 1
+
+    # -- REST API: queries with filters, totals and paging -----------------------------------------
+    #
+    # Backend-neutral SQL only (CTEs, window functions, LIKE ... ESCAPE, IN lists of placeholders),
+    # so a PostgreSQL backend can run the same statements after placeholder translation.
+
+    def ping(self) -> int:
+        """Check the database answers; return the schema version recorded in it."""
+        with self._lock:
+            self._conn.execute("SELECT 1").fetchone()
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def query_alerts(
+        self,
+        query: AlertQuery | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        after: tuple[float, int] | None = None,
+    ) -> tuple[list[StoredAlert], int]:
+        """Alerts matching ``query``, most recently active first, and how many match in total.
+
+        Parameters
+        ----------
+        query
+            The filters (``None``: every alert).
+        limit, offset
+            Paging; ``offset`` counts from the start or from ``after``.
+        after
+            Keyset cursor ``(last_ts, id)`` of the last alert of the previous page: only alerts
+            ordered after it are returned. The total ignores the cursor and the offset.
+
+        Returns
+        -------
+        tuple
+            ``(alerts, total)``.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        where, params = _alert_where(query or AlertQuery())
+        cond = " WHERE " + " AND ".join(where) if where else ""
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM alerts{cond}", params)[0]["n"])
+        page_where, page_params = list(where), list(params)
+        if after is not None:
+            page_where.append("(last_ts < ? OR (last_ts = ? AND id < ?))")
+            page_params += [float(after[0]), float(after[0]), int(after[1])]
+        cond = " WHERE " + " AND ".join(page_where) if page_where else ""
+        rows = self._query(
+            f"SELECT * FROM alerts{cond} ORDER BY last_ts DESC, id DESC LIMIT ? OFFSET ?",
+            [*page_params, int(limit), int(offset)],
+        )
+        return [_stored_alert(r) for r in rows], total
+
+    def get_alert(self, alert_id: int) -> StoredAlert | None:
+        """One alert by id, or ``None``."""
+        rows = self._query("SELECT * FROM alerts WHERE id = ?", (int(alert_id),))
+        return _stored_alert(rows[0]) if rows else None
+
+    def alert_summary(self, query: AlertQuery | None = None) -> dict[str, Any]:
+        """Counts of matching alerts: total, open, by severity, by category and by device."""
+        where, params = _alert_where(query or AlertQuery())
+        cond = " WHERE " + " AND ".join(where) if where else ""
+        head = self._query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN acknowledged = 0 THEN 1 ELSE 0 END), 0) AS open_n"
+            f" FROM alerts{cond}",
+            params,
+        )[0]
+        out: dict[str, Any] = {"total": int(head["n"]), "open": int(head["open_n"])}
+        groups = (("by_severity", "severity"), ("by_category", "category"), ("by_device", "device_id"))
+        for key, column in groups:
+            rows = self._query(
+                f"SELECT {column} AS k, COUNT(*) AS n,"
+                " SUM(CASE WHEN acknowledged = 0 THEN 1 ELSE 0 END) AS open_n"
+                f" FROM alerts{cond} GROUP BY {column} ORDER BY {column}",
+                params,
+            )
+            out[key] = [{"key": r["k"], "total": int(r["n"]), "open": int(r["open_n"])} for r in rows]
+        return out
+
+    def set_alert_acknowledged(
+        self,
+        alert_id: int,
+        actor: str,
+        *,
+        acknowledged: bool = True,
+        note: str | None = None,
+        actor_token_id: int | None = None,
+        at: float | None = None,
+    ) -> StoredAlert | None:
+        """Acknowledge (or re-open) an alert, recording who did it and when in its audit trail.
+
+        Unlike :meth:`acknowledge`, the assignee is left alone. Returns the updated alert, or
+        ``None`` when there is no alert ``alert_id``.
+        """
+        when = time.time() if at is None else float(at)
+        with self._tx() as c:
+            if acknowledged:
+                cur = c.execute(
+                    "UPDATE alerts SET acknowledged = 1, acknowledged_by = ?, acknowledged_at = ?"
+                    " WHERE id = ?",
+                    (actor, when, int(alert_id)),
+                )
+            else:
+                cur = c.execute("UPDATE alerts SET acknowledged = 0 WHERE id = ?", (int(alert_id),))
+            if cur.rowcount != 1:
+                return None
+            self._record_action(
+                c, alert_id, "acknowledge" if acknowledged else "unacknowledge", actor, actor_token_id, when,
+                None, note,
+            )  # fmt: skip
+            row = c.execute("SELECT * FROM alerts WHERE id = ?", (int(alert_id),)).fetchone()
+        return _stored_alert(row)
+
+    def assign_alert(
+        self,
+        alert_id: int,
+        assignee: str | None,
+        actor: str,
+        *,
+        note: str | None = None,
+        actor_token_id: int | None = None,
+        at: float | None = None,
+    ) -> StoredAlert | None:
+        """Assign an alert to ``assignee`` (``None``: unassign), recording who did it and when.
+
+        Returns the updated alert, or ``None`` when there is no alert ``alert_id``.
+        """
+        when = time.time() if at is None else float(at)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE alerts SET assignee = ?, assigned_by = ?, assigned_at = ? WHERE id = ?",
+                (assignee, actor, when, int(alert_id)),
+            )
+            if cur.rowcount != 1:
+                return None
+            action = "assign" if assignee is not None else "unassign"
+            self._record_action(c, alert_id, action, actor, actor_token_id, when, assignee, note)
+            row = c.execute("SELECT * FROM alerts WHERE id = ?", (int(alert_id),)).fetchone()
+        return _stored_alert(row)
+
+    @staticmethod
+    def _record_action(
+        c: sqlite3.Connection,
+        alert_id: int,
+        action: str,
+        actor: str,
+        actor_token_id: int | None,
+        at: float,
+        value: str | None,
+        note: str | None,
+    ) -> None:
+        c.execute(
+            "INSERT INTO alert_actions (alert_id, action, actor, actor_token_id, at, value, note)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (int(alert_id), action, actor, actor_token_id, at, value, note),
+        )
+
+    def alert_actions(self, alert_id: int) -> list[AlertAction]:
+        """The audit trail of an alert, oldest first."""
+        rows = self._query("SELECT * FROM alert_actions WHERE alert_id = ? ORDER BY at, id", (int(alert_id),))
+        return [
+            AlertAction(
+                id=int(r["id"]),
+                alert_id=int(r["alert_id"]),
+                action=r["action"],
+                actor=r["actor"],
+                actor_token_id=r["actor_token_id"],
+                at=float(r["at"]),
+                value=r["value"],
+                note=r["note"],
+            )
+            for r in rows
+        ]
+
+    _LATEST_BASELINE = (
+        "WITH lb AS (SELECT device_id, run_id, maturity, mature, updated FROM ("
+        " SELECT device_id, run_id, maturity, mature, updated, ROW_NUMBER() OVER ("
+        "  PARTITION BY device_id ORDER BY updated DESC, COALESCE(run_id, 0) DESC) AS rn"
+        " FROM baselines) ranked WHERE rn = 1)"
+    )
+
+    def query_devices(
+        self, query: DeviceQuery | None = None, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[DeviceSummary], int]:
+        """Devices matching ``query`` ordered by id with their maturity and alert counts, and the total."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        q = query or DeviceQuery()
+        where: list[str] = []
+        params: list[Any] = []
+        if q.vendor:
+            where.append("LOWER(COALESCE(d.vendor, '')) LIKE ? ESCAPE '\\'")
+            params.append(_like(q.vendor))
+        if q.device_type:
+            where.append("LOWER(COALESCE(d.device_type, '')) = ?")
+            params.append(q.device_type.lower())
+        if q.mature is not None:
+            where.append("COALESCE(lb.mature, 0) = ?")
+            params.append(int(q.mature))
+        if q.min_maturity is not None:
+            where.append("lb.maturity >= ?")
+            params.append(float(q.min_maturity))
+        if q.max_maturity is not None:
+            where.append("lb.maturity <= ?")
+            params.append(float(q.max_maturity))
+        if q.is_gateway is not None:
+            where.append("d.is_gateway = ?")
+            params.append(int(q.is_gateway))
+        if q.search:
+            cols = ("d.device_id", "d.mac", "d.vendor", "d.names", "d.ips")
+            like = " OR ".join(f"LOWER(COALESCE({c}, '')) LIKE ? ESCAPE '\\'" for c in cols)
+            where.append(f"({like})")
+            params += [_like(q.search)] * len(cols)
+        cond = " WHERE " + " AND ".join(where) if where else ""
+        base = f" FROM devices d LEFT JOIN lb ON lb.device_id = d.device_id{cond}"
+        total = int(self._query(f"{self._LATEST_BASELINE} SELECT COUNT(*) AS n{base}", params)[0]["n"])
+        rows = self._query(
+            f"{self._LATEST_BASELINE} {_DEVICE_SUMMARY_COLUMNS}{base} ORDER BY d.device_id LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return [_device_summary(r) for r in rows], total
+
+    def get_device_summary(self, device_id: str) -> DeviceSummary | None:
+        """One device with its maturity and alert counts, or ``None``."""
+        rows = self._query(
+            f"{self._LATEST_BASELINE} {_DEVICE_SUMMARY_COLUMNS}"
+            " FROM devices d LEFT JOIN lb ON lb.device_id = d.device_id WHERE d.device_id = ?",
+            (device_id,),
+        )
+        return _device_summary(rows[0]) if rows else None
+
+    def query_latest_baselines(
+        self,
+        *,
+        mature: bool | None = None,
+        include_profile: bool = True,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The latest baseline of every device (ordered by device id) and the total.
+
+        Each item is ``{"device_id", "run_id", "maturity", "mature", "updated", "profile"}``
+        (``profile`` is ``None`` unless ``include_profile``).
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        cond, params = "", []
+        if mature is not None:
+            cond, params = " WHERE mature = ?", [int(mature)]
+        ranked = (
+            "SELECT * FROM (SELECT b.*, ROW_NUMBER() OVER (PARTITION BY device_id"
+            " ORDER BY updated DESC, COALESCE(run_id, 0) DESC) AS rn FROM baselines b) ranked WHERE rn = 1"
+        )
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM ({ranked}) latest{cond}", params)[0]["n"])
+        rows = self._query(
+            f"SELECT * FROM ({ranked}) latest{cond} ORDER BY device_id LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return [_baseline_dict(r, include_profile) for r in rows], total
+
+    def baseline_history(
+        self, device_id: str, *, include_profile: bool = True, limit: int = 100, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every saved baseline of one device, newest first, and the total.
+
+        Items are shaped as in :meth:`query_latest_baselines`.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        total = int(
+            self._query("SELECT COUNT(*) AS n FROM baselines WHERE device_id = ?", (device_id,))[0]["n"]
+        )
+        rows = self._query(
+            "SELECT * FROM baselines WHERE device_id = ? ORDER BY updated DESC, COALESCE(run_id, 0) DESC"
+            " LIMIT ? OFFSET ?",
+            (device_id, int(limit), int(offset)),
+        )
+        return [_baseline_dict(r, include_profile) for r in rows], total
+
+    def query_runs(
+        self, *, status: str | None = None, command: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Runs, most recent first (like :meth:`get_runs`), with filters, paging and the total."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if command is not None:
+            where.append("command = ?")
+            params.append(command)
+        cond = " WHERE " + " AND ".join(where) if where else ""
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM runs{cond}", params)[0]["n"])
+        rows = self._query(
+            f"SELECT * FROM runs{cond} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, int(limit), int(offset)]
+        )
+        return [_run_dict(r) for r in rows], total
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """One run (decoded like :meth:`get_runs`), or ``None``."""
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (int(run_id),))
+        return _run_dict(rows[0]) if rows else None
+
+    # -- REST API: tokens ------------------------------------------------------------------------
+
+    def create_api_token(
+        self,
+        name: str,
+        scope: str,
+        token_hash: str,
+        *,
+        expires_at: float | None = None,
+        at: float | None = None,
+    ) -> ApiToken:
+        """Store a new token (its hash only).
+
+        Raises
+        ------
+        ValueError
+            Unknown scope, empty name, or a non-revoked token with the same name exists.
+        """
+        if scope not in TOKEN_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(TOKEN_SCOPES)}")
+        if not name or not name.strip():
+            raise ValueError("token name must not be empty")
+        when = time.time() if at is None else float(at)
+        with self._tx() as c:
+            clash = c.execute(
+                "SELECT id FROM api_tokens WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
+            if clash is not None:
+                raise ValueError(f"a token named {name!r} exists (revoke it first)")
+            cur = c.execute(
+                "INSERT INTO api_tokens (name, token_hash, scope, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, token_hash, scope, when, expires_at),
+            )
+            token_id = int(cur.lastrowid or 0)
+        return ApiToken(token_id, name, scope, token_hash, when, expires_at)
+
+    def get_api_token_by_hash(self, token_hash: str) -> ApiToken | None:
+        """The token with this hash (revoked and expired ones too), or ``None``."""
+        rows = self._query("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
+        return _api_token(rows[0]) if rows else None
+
+    def list_api_tokens(self, *, include_revoked: bool = True) -> list[ApiToken]:
+        """Every token, oldest first."""
+        cond = "" if include_revoked else " WHERE revoked_at IS NULL"
+        return [_api_token(r) for r in self._query(f"SELECT * FROM api_tokens{cond} ORDER BY id")]
+
+    def revoke_api_token(self, token_id: int, *, at: float | None = None) -> bool:
+        """Revoke a token (idempotent); returns whether the token exists."""
+        when = time.time() if at is None else float(at)
+        with self._tx() as c:
+            c.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (when, int(token_id)),
+            )
+            return c.execute("SELECT 1 FROM api_tokens WHERE id = ?", (int(token_id),)).fetchone() is not None
+
+    def touch_api_token(self, token_id: int, at: float | None = None) -> None:
+        """Record that a token was used at ``at`` (default now)."""
+        when = time.time() if at is None else float(at)
+        with self._tx() as c:
+            c.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (when, int(token_id)))
+
+
+_DEVICE_SUMMARY_COLUMNS = (
+    "SELECT d.*, lb.maturity AS lb_maturity, lb.mature AS lb_mature, lb.run_id AS lb_run_id,"
+    " lb.updated AS lb_updated,"
+    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id) AS n_alerts,"
+    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id AND a.acknowledged = 0) AS n_open"
+)
+
+
+def _device_summary(r: sqlite3.Row) -> DeviceSummary:
+    return DeviceSummary(
+        device=_device_from_row(r),
+        maturity=None if r["lb_maturity"] is None else float(r["lb_maturity"]),
+        mature=bool(r["lb_mature"]),
+        baseline_run_id=r["lb_run_id"],
+        baseline_updated=None if r["lb_updated"] is None else float(r["lb_updated"]),
+        open_alerts=int(r["n_open"]),
+        alerts=int(r["n_alerts"]),
+    )
+
+
+def _like(text: str) -> str:
+    """A ``LIKE ... ESCAPE '\\'`` pattern matching ``text`` as a lower-case substring."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _alert_where(q: AlertQuery) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and parameters for an :class:`AlertQuery`."""
+    where: list[str] = []
+    params: list[Any] = []
+    if q.device_id is not None:
+        where.append("device_id = ?")
+        params.append(q.device_id)
+    for column, values in (("severity", q.severities), ("category", q.categories), ("detector", q.detectors)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params += list(values)
+    if q.since is not None:
+        where.append("last_ts >= ?")
+        params.append(float(q.since))
+    if q.until is not None:
+        where.append("first_ts <= ?")
+        params.append(float(q.until))
+    if q.acknowledged is not None:
+        where.append("acknowledged = ?")
+        params.append(int(q.acknowledged))
+    if q.assigned is not None:
+        where.append("assignee IS NOT NULL" if q.assigned else "assignee IS NULL")
+    if q.assignee is not None:
+        where.append("assignee = ?")
+        params.append(q.assignee)
+    if q.run_id is not None:
+        where.append("run_id = ?")
+        params.append(int(q.run_id))
+    return where, params
+
+
+def _baseline_dict(r: sqlite3.Row, include_profile: bool) -> dict[str, Any]:
+    return {
+        "device_id": r["device_id"],
+        "run_id": r["run_id"],
+        "maturity": float(r["maturity"]),
+        "mature": bool(r["mature"]),
+        "updated": float(r["updated"]),
+        "profile": json.loads(r["profile"]) if include_profile else None,
+    }
+
+
+def _run_dict(r: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(r), "inputs": json.loads(r["inputs"]), "stats": json.loads(r["stats"])}
+
+
+def _api_token(r: sqlite3.Row) -> ApiToken:
+    return ApiToken(
+        id=int(r["id"]),
+        name=r["name"],
+        scope=r["scope"],
+        token_hash=r["token_hash"],
+        created_at=float(r["created_at"]),
+        expires_at=r["expires_at"],
+        revoked_at=r["revoked_at"],
+        last_used_at=r["last_used_at"],
+    )

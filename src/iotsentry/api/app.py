@@ -1,0 +1,90 @@
+"""The iotsentry REST API application.
+
+:func:`create_app` wires the routers (one module per resource), the bearer-token middleware,
+the JSON error handlers and a token-protected OpenAPI schema and docs page::
+
+    from iotsentry.api import create_app
+    app = create_app("iotsentry-out/iotsentry.db", model_dirs=["models/"], trusted_keys="keys/")
+    # uvicorn.run(app, host="127.0.0.1", port=8080)  -- or: iotsentry api --store ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from iotsentry.api import alerts, baselines, devices, health, meta, models, runs
+from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
+from iotsentry.api.errors import install_error_handlers
+from iotsentry.store.sqlite import Store
+
+__all__ = ["API_VERSION", "create_app"]
+
+API_VERSION = "1.0"
+
+
+def create_app(
+    store_path_or_store: str | Path | Store,
+    *,
+    model_dirs: Sequence[str | Path] = (),
+    trusted_keys: Any = None,
+    authenticator: Authenticator | None = None,
+) -> FastAPI:
+    """Build the REST API over a store.
+
+    Parameters
+    ----------
+    store_path_or_store
+        A :class:`~iotsentry.store.sqlite.Store` (left open when the app stops) or the path of a
+        store database (opened now, migrated to the current schema, closed when the app stops).
+    model_dirs
+        Model directories, or folders of model directories, listed by ``/models``.
+    trusted_keys
+        What :func:`iotsentry.integrity.signing.verify_model_dir` accepts as ``keyring`` (a key
+        directory with ``trusted_keys.json`` -- re-read on every request, so rotations and
+        revocations apply at once -- a ``Keyring`` or a list of public keys). ``None``: model
+        signatures are reported as ``not_checked``.
+    authenticator
+        Checks tokens (default: against the store's ``api_tokens``; tests pass one with a fake
+        clock).
+
+    Returns
+    -------
+    FastAPI
+        The application; every route (the schema and docs too) needs a bearer token.
+    """
+    owned = not isinstance(store_path_or_store, Store)
+    store = store_path_or_store if isinstance(store_path_or_store, Store) else Store(store_path_or_store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            store.close()
+
+    app = FastAPI(
+        title="iotsentry API",
+        version=API_VERSION,
+        description=(
+            "REST API of the iotsentry monitor: devices, baselines, alerts, models, runs. "
+            "Every route needs `Authorization: Bearer <token>` (`iotsentry token create`); "
+            "acknowledging and assigning alerts need the `admin` scope. Times are epoch seconds (UTC)."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.model_dirs = [Path(p) for p in model_dirs]
+    app.state.trusted_keys = trusted_keys
+    install_error_handlers(app)
+    app.add_middleware(BearerAuthMiddleware, authenticator=authenticator or Authenticator(store))
+    for module in (devices, baselines, alerts, models, runs, health, meta):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,157 @@
+"""Records and query descriptions of the store's read/write API used by the REST API.
+
+They are plain dataclasses, independent of the database backend: the SQLite :class:`Store`
+fills them today and a PostgreSQL backend will fill the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from iotsentry.schema import Device
+
+__all__ = ["TOKEN_SCOPES", "AlertAction", "AlertQuery", "ApiToken", "DeviceQuery", "DeviceSummary"]
+
+TOKEN_SCOPES = ("read", "admin")
+"""The scopes an API token can have; ``admin`` implies ``read``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A stored API token (only the SHA-256 of the secret is kept, never the secret).
+
+    Times are seconds since the epoch (UTC); ``expires_at``/``revoked_at``/``last_used_at`` are
+    ``None`` when not set.
+    """
+
+    id: int
+    name: str
+    scope: str
+    token_hash: str
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    def is_valid(self, now: float) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description without the hash."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    """Filters of :meth:`Store.query_alerts`; every field left at its default does not filter.
+
+    Parameters
+    ----------
+    device_id
+        Only this device's alerts.
+    severities, categories, detectors
+        Only alerts whose value is one of these (empty: any).
+    since, until
+        Only alerts active in the range: ``last_ts >= since`` and ``first_ts <= until``.
+    acknowledged
+        ``True``/``False``: only acknowledged / open alerts.
+    assigned
+        ``True``/``False``: only alerts with / without an assignee.
+    assignee
+        Only alerts assigned to exactly this person.
+    run_id
+        Only alerts (last) written by this run.
+    """
+
+    device_id: str | None = None
+    severities: Sequence[int] = ()
+    categories: Sequence[str] = ()
+    detectors: Sequence[str] = ()
+    since: float | None = None
+    until: float | None = None
+    acknowledged: bool | None = None
+    assigned: bool | None = None
+    assignee: str | None = None
+    run_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """Filters of :meth:`Store.query_devices`; defaults do not filter.
+
+    Parameters
+    ----------
+    vendor
+        Case-insensitive substring of the vendor name.
+    device_type
+        Exact device type (case-insensitive), e.g. ``camera``.
+    mature
+        ``True``/``False``: only devices whose latest baseline is / is not mature (a device
+        without a baseline counts as not mature).
+    min_maturity, max_maturity
+        Range of the latest baseline's maturity score (devices without a baseline have none and
+        are excluded by either bound).
+    is_gateway
+        Only gateways / only non-gateways.
+    search
+        Case-insensitive substring of the id, MAC, vendor, names or IP addresses.
+    """
+
+    vendor: str | None = None
+    device_type: str | None = None
+    mature: bool | None = None
+    min_maturity: float | None = None
+    max_maturity: float | None = None
+    is_gateway: bool | None = None
+    search: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """A device with its latest baseline's maturity and its alert counts."""
+
+    device: Device
+    maturity: float | None
+    mature: bool
+    baseline_run_id: int | None
+    baseline_updated: float | None
+    open_alerts: int
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertAction:
+    """One entry of an alert's audit trail (acknowledge, unacknowledge, assign, unassign)."""
+
+    id: int
+    alert_id: int
+    action: str
+    actor: str
+    actor_token_id: int | None
+    at: float
+    value: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "id": self.id,
+            "alert_id": self.alert_id,
+            "action": self.action,
+            "actor": self.actor,
+            "actor_token_id": self.actor_token_id,
+            "at": self.at,
+            "value": self.value,
+            "note": self.note,
+        }

@@ -199,6 +199,10 @@ class WindowProfileDetector(Detector):
             limits = np.maximum(limits, self.margin * learned)
         if not self.mature:
             limits = np.maximum(limits, np.array([FLOORS_IMMATURE[f] for f in WINDOW_FEATURES]))
+        # what no IoT device does in a minute is never learned as normal: a scan replayed while
+        # the baseline learns (baseline poisoning) cannot lift the scan-shape limits past it
+        for f in SCAN_SHAPE_FEATURES:
+            limits[F[f]] = min(limits[F[f]], FLOORS_IMMATURE[f])
         self.limits_ = limits
         return self
 

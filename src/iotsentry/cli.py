@@ -798,10 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
     re_.set_defaults(func=cmd_redteam_evasion)
 
     from iotsentry.api import api_cli
-    from iotsentry.integrity import keys_cli
+    from iotsentry.baseline import advise_cli
+    from iotsentry.integrity import audit_cli, keys_cli
 
     keys_cli.register(sub)
     api_cli.register(sub)
+    audit_cli.register(sub)
+    advise_cli.register(sub)
 
     dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
     dm.add_argument("--out-dir", default="demo-out")

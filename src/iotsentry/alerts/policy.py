@@ -20,7 +20,7 @@ from iotsentry.schema import Alert
 HIGH, MEDIUM, LOW = 1, 2, 3
 """Alert severities (EVE convention: 1 is the most severe)."""
 
-CATEGORY_BOOST: dict[str, int] = {"flood": 1, "scan": 1, "c2": 2}
+CATEGORY_BOOST: dict[str, int] = {"flood": 1, "scan": 1, "slow-scan": 1, "brute-force": 1, "c2": 2}
 """How many severity levels a category starts above the score-based level."""
 
 
@@ -197,3 +197,60 @@ class AlertPolicy:
     def alerts(self) -> list[Alert]:
         """The kept alerts in time order (ties in creation order)."""
         return sorted(self._kept, key=lambda a: a.timestamp)
+
+
+def integrity_alert(
+    category: str,
+    reason: str,
+    *,
+    ts: float,
+    device_id: str = "",
+    detector: str = "integrity",
+    detector_version: str = "1",
+    score: float = 1.0,
+    threshold: float = 0.0,
+    site_id: str = "default",
+    event_type: str = "integrity",
+    extra: Mapping[str, Any] | None = None,
+) -> Alert:
+    """An alert about the monitor itself (detector blind, drift, ...), never a traffic alert.
+
+    Its ``event_type`` (``"integrity"``, or ``"canary"`` for verdicts on canary traffic) keeps
+    it apart from detection alerts (``"alert"``); ``extra["integrity"]`` is ``True``. Severity
+    follows :func:`severity_for` on ``score`` / ``threshold`` (a positive score over a zero
+    threshold is high). No de-duplication: the caller decides when to raise one.
+
+    Raises
+    ------
+    ValueError
+        When ``ts``, ``score`` or ``threshold`` is not finite.
+    """
+    ts, score, threshold = float(ts), float(score), float(threshold)
+    if not (math.isfinite(ts) and math.isfinite(score) and math.isfinite(threshold)):
+        raise ValueError(f"integrity alert from {detector} needs finite ts, score and threshold")
+    info: dict[str, Any] = dict(extra or {})
+    info["integrity"] = True
+    info.setdefault(
+        "dedup_key", json.dumps([event_type, device_id, detector, category], separators=(",", ":"))
+    )
+    return Alert(
+        timestamp=ts,
+        flow_id=0,
+        src_ip="",
+        src_port=0,
+        dest_ip="",
+        dest_port=0,
+        proto="",
+        device_id=device_id,
+        site_id=site_id,
+        detector=detector,
+        detector_version=detector_version,
+        score=score,
+        threshold=threshold,
+        severity=severity_for(score_ratio(score, threshold), category),
+        category=category,
+        reason=reason,
+        signature=f"iotsentry {event_type}: {category}",
+        event_type=event_type,
+        extra=info,
+    )

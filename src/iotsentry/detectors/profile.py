@@ -36,6 +36,7 @@ from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows, servi
 from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features import _window_kernels as K
+from iotsentry.features.addresses import is_local
 from iotsentry.features.device_context import WINDOW_S, PacketContext
 from iotsentry.features.windows import WINDOW_FEATURES, WindowTable, window_table
 from iotsentry.schema import PacketBatch, ip_to_str
@@ -531,6 +532,7 @@ class ProfileDetector:
         port = np.where(tcp_udp, batch.dst_port[idx].astype(np.uint64), ctx.service[idx].astype(np.uint64))
         hi, lo = ctx.peer_hi[idx], ctx.peer_lo[idx]
         keys = K.mix(np.stack([hi.astype(np.uint64), lo.astype(np.uint64), proto, port]))
+        lan = is_local(hi, lo)
         devs = ctx.device[idx]
         ts = batch.ts[idx].astype(np.float64)
         for d in np.unique(devs).tolist():
@@ -547,9 +549,12 @@ class ProfileDetector:
                     if count > st.limit and t >= st.next_ts:
                         st.next_ts = t + st.horizon_s
                         self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
-                # repeated attempts on one new target: a paced brute force
-                n_att = st.attempt(key, t, int(proto[r]) == 6)
-                attempts[j] = n_att
+                # repeated attempts on one new target: a paced brute force (on the LAN, where
+                # devices being set up poll each other's web services, login services only)
+                if not lan[r] or int(port[r]) in LOGIN_PORTS:
+                    attempts[j] = n_att = st.attempt(key, t, int(proto[r]) == 6)
+                else:
+                    continue
                 if n_att > st.conn_limit and t >= st.conn_next_ts:
                     st.conn_next_ts = t + st.horizon_s
                     self._slow_pending.append(self._brute_finding(d, t, n_att, int(idx[r]), batch, ctx))

@@ -26,6 +26,7 @@ from iotsentry.api.alerts import decode_cursor, encode_cursor
 from iotsentry.api.app import create_app
 from iotsentry.api.auth import SAFE_METHODS, Authenticator
 from iotsentry.api.tokens import create_token, hash_token, parse_duration
+from iotsentry.api.ui_static import SHELL_PATHS
 from iotsentry.cli import main as iotsentry_main
 from iotsentry.evaluation.synthetic_home import generate_home
 from iotsentry.schema import Alert, Device
@@ -125,13 +126,24 @@ def _endpoints(app: FastAPI) -> list[tuple[str, str]]:
 # -- authentication and scopes -----------------------------------------------------------------------
 
 
+# The ONLY exception to "every route needs a token": GET of the web dashboard's static shell
+# (HTML/JS/CSS, no data; see iotsentry.api.ui_static). Listed here literally, on purpose.
+DASHBOARD_SHELL = frozenset({"/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/style.css"})
+
+
 def test_every_route_needs_a_valid_token_and_the_right_scope(api: Api) -> None:
     app = api.app
     assert app.docs_url is None and app.redoc_url is None and app.openapi_url is None
     endpoints = _endpoints(app)
     paths = {p for _, p in endpoints}
     assert {"/openapi.json", "/docs", "/health", "/devices", "/alerts", "/models", "/runs"} <= paths
+    assert "/whoami" in paths
     assert ("POST", "/alerts/1/ack") in endpoints and ("POST", "/alerts/1/assign") in endpoints
+    assert SHELL_PATHS == DASHBOARD_SHELL
+    public = {("GET", p) for p in DASHBOARD_SHELL}
+    assert public <= set(endpoints)
+    assert {(m, p) for m, p in endpoints if p.startswith("/ui")} == public  # nothing else under /ui
+    endpoints = [e for e in endpoints if e not in public]  # checked in test_only_the_dashboard_shell_...
     bad_headers: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer iots_not-a-real-token"},
@@ -154,6 +166,38 @@ def test_every_route_needs_a_valid_token_and_the_right_scope(api: Api) -> None:
             assert r.json()["error"] == "forbidden"
         r = api.client.request(method, path, headers=api.h(api.admin_token), json={"assignee": "x"})
         assert r.status_code not in (401, 403), (method, path, r.text)
+
+
+def test_only_the_dashboard_shell_is_served_without_a_token(api: Api) -> None:
+    device_ids = [d["device_id"] for d in api.get("/devices").json()["items"]]
+    assert device_ids
+    for path in sorted(DASHBOARD_SHELL):
+        r = api.client.get(path, headers={}, follow_redirects=False)
+        if path == "/ui":
+            assert r.status_code == 307 and r.headers["location"] == "/ui/"
+            continue
+        assert r.status_code == 200, (path, r.text)
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert not any(d in r.text for d in device_ids)  # the shell holds no data
+        for method in ("POST", "PUT", "DELETE", "PATCH"):  # only GET is allowed without a token
+            assert api.client.request(method, path, headers={}).status_code == 401, (method, path)
+    assert api.client.get("/ui/", headers={}).headers["content-type"].startswith("text/html")
+    assert api.client.get("/ui/app.js", headers={}).headers["content-type"].startswith("text/javascript")
+    # exact paths only: no prefix, pattern or path trick reaches anything else without a token
+    for path in ("/ui/x", "/ui/app.js/", "/ui//app.js", "/UI/", "/ui/../devices", "/ui/%2e%2e/devices",
+                 "/ui/app.js/../../devices", "/uix", "/ui/index.html?x=/devices"):  # fmt: skip
+        r = api.client.get(path, headers={})
+        if path.startswith("/ui/index.html?"):
+            assert r.status_code == 200
+        else:
+            assert r.status_code == 401, (path, r.text)
+    r = api.client.head("/ui/", headers={})
+    assert r.status_code == 401
+    # the dashboard's own data route needs a token like every other
+    assert api.get("/whoami", token=None).status_code == 401
+    assert api.get("/whoami").json() == {"name": "dashboard", "scope": "read"}
+    assert api.get("/whoami", token="admin").json() == {"name": "alice", "scope": "admin"}
 
 
 def test_a_route_added_later_without_dependencies_is_still_protected(api: Api) -> None:

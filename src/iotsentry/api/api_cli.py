@@ -7,6 +7,7 @@
     iotsentry token list [--store F] [--json]
     iotsentry token revoke NAME_OR_ID [--store F]
     iotsentry api --store F [--host 127.0.0.1] [--port 8080] [--model-dir D ...] [--keyring D]
+                                        serves the API and the web dashboard (/ui/; prints its URL)
 
 Also runnable alone: ``python -m iotsentry.api.api_cli token list --store F``. User errors are
 raised as :class:`~iotsentry.errors.IotSentryError` (``iotsentry.cli.main`` prints them as one
@@ -125,6 +126,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _dashboard_url(args: argparse.Namespace) -> str:
+    """The URL of the web dashboard served by ``iotsentry api``."""
+    scheme = "https" if args.ssl_certfile else "http"
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "") else ("[::1]" if args.host == "::" else args.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{args.port}/ui/"
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the REST API with uvicorn until interrupted."""
     try:
@@ -149,6 +159,7 @@ def cmd_api(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         app = create_app(store, model_dirs=args.model_dir or [], trusted_keys=args.keyring)
+        print(f"dashboard: {_dashboard_url(args)} (log in by pasting an API token)", flush=True)
         uvicorn.run(
             app,
             host=args.host,
@@ -189,7 +200,7 @@ def register(subparsers: Any) -> None:
     store_arg(rv)
     rv.set_defaults(func=cmd_token_revoke)
 
-    api = subparsers.add_parser("api", help="serve the REST API (uvicorn)")
+    api = subparsers.add_parser("api", help="serve the REST API and the web dashboard at /ui/ (uvicorn)")
     store_arg(api)
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)

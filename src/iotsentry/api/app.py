@@ -6,6 +6,8 @@ the JSON error handlers and a token-protected OpenAPI schema and docs page::
     from iotsentry.api import create_app
     app = create_app("iotsentry-out/iotsentry.db", model_dirs=["models/"], trusted_keys="keys/")
     # uvicorn.run(app, host="127.0.0.1", port=8080)  -- or: iotsentry api --store ...
+
+The web dashboard is served by the same app under ``/ui/`` (:mod:`iotsentry.api.ui_static`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from iotsentry.api import alerts, baselines, devices, health, meta, models, runs
+from iotsentry.api import alerts, baselines, devices, health, meta, models, runs, ui_static
 from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
 from iotsentry.api.errors import install_error_handlers
 from iotsentry.store.sqlite import Store
@@ -55,7 +57,9 @@ def create_app(
     Returns
     -------
     FastAPI
-        The application; every route (the schema and docs too) needs a bearer token.
+        The application; every route (the schema and docs too) needs a bearer token, except
+        the dashboard's static shell (``GET`` of exactly :data:`~iotsentry.api.ui_static.SHELL_PATHS`,
+        under ``/ui/``; it holds no data -- see :mod:`iotsentry.api.ui_static`).
     """
     owned = not isinstance(store_path_or_store, Store)
     store = store_path_or_store if isinstance(store_path_or_store, Store) else Store(store_path_or_store)
@@ -84,7 +88,13 @@ def create_app(
     app.state.model_dirs = [Path(p) for p in model_dirs]
     app.state.trusted_keys = trusted_keys
     install_error_handlers(app)
-    app.add_middleware(BearerAuthMiddleware, authenticator=authenticator or Authenticator(store))
+    app.add_middleware(
+        BearerAuthMiddleware,
+        authenticator=authenticator or Authenticator(store),
+        public_paths=ui_static.SHELL_PATHS,  # the dashboard's static shell only (no data)
+    )
     for module in (devices, baselines, alerts, models, runs, health, meta):
         app.include_router(module.router)
+    app.include_router(ui_static.whoami_router)
+    app.include_router(ui_static.router)
     return app

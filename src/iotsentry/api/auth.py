@@ -12,6 +12,9 @@ route). Enforcement has two layers so that no route can be left open by mistake:
 1. :class:`BearerAuthMiddleware` runs before routing: every HTTP request (existing route or
    not, OpenAPI schema and docs included) without a valid token gets **401**, and every request
    with a method other than ``GET``/``HEAD``/``OPTIONS`` needs the ``admin`` scope (**403**).
+   The only exception is an explicit allow-list of exact paths served to ``GET`` without a
+   token (``public_paths``: the dashboard's static shell, which holds no data; see
+   :mod:`iotsentry.api.ui_static`).
 2. Route dependencies (:func:`require_read`, :func:`require_admin`) check the scope again and
    declare the bearer scheme in the OpenAPI schema.
 """
@@ -22,7 +25,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -116,17 +119,25 @@ class BearerAuthMiddleware:
 
     The authenticated :class:`Principal` is put in ``scope["state"]["principal"]`` (read by the
     route dependencies as ``request.state.principal``). WebSocket connections are closed.
+    A ``GET`` of a path exactly in ``public_paths`` passes without a token (and without a
+    principal, so a route there cannot use :func:`require_read`).
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, public_paths: Collection[str] = frozenset()
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

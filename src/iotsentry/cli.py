@@ -105,17 +105,17 @@ def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> Analys
 def cmd_analyze(args: argparse.Namespace) -> int:
     from iotsentry.alerts.jsonl import JsonlSink
     from iotsentry.alerts.sinks import sink_from_uri
-    from iotsentry.store.sqlite import Store
+    from iotsentry.store import open_store, redact_dsn
     from iotsentry.ui.report_html import write_report
 
     paths = _check_inputs(args.inputs)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    db_path = Path(args.db) if args.db else out / "iotsentry.db"
+    db_path = redact_dsn(args.db) if args.db else out / "iotsentry.db"  # shown: a DSN without password
     alerts_path = Path(args.alerts) if args.alerts else out / "alerts.jsonl"
     report_path = Path(args.report) if args.report else out / "report.html"
     t0 = time.perf_counter()
-    store = Store(db_path)
+    store = open_store(args.db or db_path)
     run_id = store.start_run("analyze", [str(p) for p in paths])
     try:
         with _ProgressBar(_total_bytes(paths)) as bar:
@@ -671,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="inventory, baselines, alerts, HTML report, SQLite store")
     a.add_argument("inputs", nargs="+", help="pcap / pcapng files")
     a.add_argument("--out-dir", default=str(DEFAULT_OUT))
-    a.add_argument("--db", help="SQLite store (default OUT_DIR/iotsentry.db)")
+    a.add_argument("--db", help="store: SQLite file or postgresql:// DSN (default OUT_DIR/iotsentry.db)")
     a.add_argument("--alerts", help="EVE JSON lines file (default OUT_DIR/alerts.jsonl)")
     a.add_argument("--report", help="HTML report (default OUT_DIR/report.html)")
     a.add_argument(

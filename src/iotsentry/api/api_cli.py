@@ -44,11 +44,12 @@ DEFAULT_STORE = str(Path("iotsentry-out") / "iotsentry.db")
 
 
 def _open_store(path: str, *, must_exist: bool) -> Any:
-    from iotsentry.store.sqlite import Store
+    from iotsentry.store import open_store, sqlite_path
 
-    if must_exist and not Path(path).is_file():
+    local = sqlite_path(path)  # None for a postgresql:// DSN (the server reports what is wrong)
+    if must_exist and local is not None and not Path(local).is_file():
         raise InputError(path, "no such store (run `iotsentry analyze` first, or pass --store)")
-    return Store(path)
+    return open_store(path)
 
 
 def _when(ts: float | None) -> str:
@@ -65,7 +66,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         expires = parse_duration(args.expires_in) if args.expires_in else None
     except ValueError as e:
         raise IotSentryError(f"--expires-in: {e}") from None
-    if not Path(args.store).exists():
+    from iotsentry.store import sqlite_path
+
+    local = sqlite_path(args.store)
+    if local is not None and not Path(local).exists():
         print(f"creating new store {args.store}", file=sys.stderr)
     with _open_store(args.store, must_exist=False) as store:
         try:
@@ -181,7 +185,11 @@ def register(subparsers: Any) -> None:
     tk_sub = tk.add_subparsers(dest="token_command", required=True)
 
     def store_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite store (default {DEFAULT_STORE})")
+        p.add_argument(
+            "--store",
+            default=DEFAULT_STORE,
+            help=f"SQLite file or postgresql:// DSN (default {DEFAULT_STORE})",
+        )
 
     c = tk_sub.add_parser("create", help="create a token and print it once")
     c.add_argument("--name", required=True, help="who uses it (recorded on acknowledgements/assignments)")

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from iotsentry.api import alerts, baselines, devices, health, meta, models, runs, ui_static
 from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
 from iotsentry.api.errors import install_error_handlers
-from iotsentry.store.sqlite import Store
+from iotsentry.store import Store, open_store
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -42,7 +42,9 @@ def create_app(
     ----------
     store_path_or_store
         A :class:`~iotsentry.store.sqlite.Store` (left open when the app stops) or the path of a
-        store database (opened now, migrated to the current schema, closed when the app stops).
+        store database, or a ``postgresql://`` DSN (opened now with
+        :func:`~iotsentry.store.open_store`, migrated to the current schema, closed when the app
+        stops).
     model_dirs
         Model directories, or folders of model directories, listed by ``/models``.
     trusted_keys
@@ -62,7 +64,7 @@ def create_app(
         under ``/ui/``; it holds no data -- see :mod:`iotsentry.api.ui_static`).
     """
     owned = not isinstance(store_path_or_store, Store)
-    store = store_path_or_store if isinstance(store_path_or_store, Store) else Store(store_path_or_store)
+    store = store_path_or_store if isinstance(store_path_or_store, Store) else open_store(store_path_or_store)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

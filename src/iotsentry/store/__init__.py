@@ -1,8 +1,14 @@
-"""store stage of iotsentry: the SQLite database of runs, devices, baselines and alerts."""
+"""store stage of iotsentry: runs, devices, baselines and alerts in SQLite or PostgreSQL.
+
+:func:`open_store` picks the backend from its target: a path (or ``sqlite:///`` URL) opens the
+SQLite :class:`Store`; a ``postgresql://`` DSN opens :class:`PostgresStore` (psycopg 3).
+"""
 
 from __future__ import annotations
 
+from iotsentry.store.dsn import is_postgres_dsn, open_store, redact_dsn, sqlite_path
 from iotsentry.store.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate, schema_version
+from iotsentry.store.postgres import PostgresStore, StoreConnectionError
 from iotsentry.store.records import (
     TOKEN_SCOPES,
     AlertAction,
@@ -22,10 +28,16 @@ __all__ = [
     "DeviceQuery",
     "DeviceSummary",
     "Migration",
+    "PostgresStore",
     "SchemaTooNew",
     "Store",
+    "StoreConnectionError",
     "StoredAlert",
+    "is_postgres_dsn",
     "merge_devices",
     "migrate",
+    "open_store",
+    "redact_dsn",
     "schema_version",
+    "sqlite_path",
 ]

@@ -1,10 +1,13 @@
-"""Versioned schema migrations for the SQLite store.
+"""Versioned schema migrations of the store, for SQLite and PostgreSQL.
 
 The schema is an ordered list of :class:`Migration` steps; step ``i`` (0-based) brings the
-database to version ``i + 1``. ``PRAGMA user_version`` records the version applied, so opening
-an older database applies only the missing steps, each in its own transaction together with the
-version bump (a step is either fully applied or not at all). A database whose version is newer
-than the code knows is refused with :class:`SchemaTooNew` rather than guessed at.
+database to version ``i + 1``. Both backends run the same steps (written for SQLite; the
+PostgreSQL types come from :meth:`Dialect.ddl <iotsentry.store.dialect.Dialect.ddl>`) and track
+the version their own way: SQLite in ``PRAGMA user_version`` (:func:`migrate`), PostgreSQL in a
+one-row ``schema_version`` table (:func:`migrate_postgres`). Opening an older database applies
+only the missing steps, each in its own transaction together with the version bump (a step is
+either fully applied or not at all; PostgreSQL's DDL is transactional too). A database whose
+version is newer than the code knows is refused with :class:`SchemaTooNew` rather than guessed at.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from iotsentry.errors import IotSentryError
+from iotsentry.store.dialect import POSTGRES, SQLITE
 
 
 class SchemaTooNew(IotSentryError):
@@ -189,7 +194,7 @@ def migrate(conn: sqlite3.Connection, steps: Sequence[Migration] = MIGRATIONS) -
                 raise SchemaTooNew(current, known)
             if current < known:
                 for sql in steps[current].statements:
-                    conn.execute(sql)
+                    conn.execute(SQLITE.ddl(sql))
                 current += 1
                 conn.execute(f"PRAGMA user_version = {int(current)}")
             conn.execute("COMMIT")
@@ -198,3 +203,62 @@ def migrate(conn: sqlite3.Connection, steps: Sequence[Migration] = MIGRATIONS) -
                 conn.execute("ROLLBACK")
             raise
     return current
+
+
+POSTGRES_LOCK_KEY = 0x696F7473656E7472  # "iotsentr": pg_advisory_xact_lock key of the store's writers
+"""Every write transaction of a PostgreSQL store (migrations included) holds this advisory lock,
+so writers are serialised as SQLite's ``BEGIN IMMEDIATE`` serialises them (read-merge-write
+methods such as ``upsert_devices`` and ``add_alerts`` rely on it); readers are never blocked."""
+
+_PG_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+)
+
+
+def postgres_schema_version(conn: Any) -> int:
+    """The version in the ``schema_version`` table of a psycopg connection (0 when absent)."""
+    from psycopg.rows import tuple_row
+
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT version FROM schema_version WHERE id = 1")
+        row = cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+
+def migrate_postgres(conn: Any, steps: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the steps a PostgreSQL database has not seen yet; return the resulting version.
+
+    Parameters
+    ----------
+    conn
+        A psycopg 3 connection in autocommit mode; each step runs in its own transaction that
+        holds :data:`POSTGRES_LOCK_KEY`, so concurrent openers do not apply a step twice.
+    steps
+        The ordered schema steps, as for :func:`migrate`.
+
+    Raises
+    ------
+    SchemaTooNew
+        When the database records a version beyond ``len(steps)``.
+    """
+    known = len(steps)
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (POSTGRES_LOCK_KEY,))
+            current = postgres_schema_version(conn)
+            if current > known:
+                raise SchemaTooNew(current, known)
+            if current == known:
+                return current
+            conn.execute(_PG_VERSION_TABLE)
+            for sql in steps[current].statements:
+                conn.execute(POSTGRES.ddl(sql))
+            conn.execute(
+                "INSERT INTO schema_version (id, version) VALUES (1, %s)"
+                " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                (current + 1,),
+            )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pg_server"]
+"""A real PostgreSQL server for the store tests (``pg_dsn`` / ``pg_schema_dsn`` fixtures)."""
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("IOTSENTRY_DATA", REPO.parent / "shared" / "data"))
 

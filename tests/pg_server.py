@@ -5,7 +5,8 @@ socket stays in the folder) with ``trust`` authentication, and is stopped and de
 end of the session. PostgreSQL refuses to run as root: as root the binaries run as the
 ``postgres`` user (created as a system user when missing). Tests that need the server are
 skipped with the reason when no binaries (``initdb``, ``pg_ctl``, ``postgres``) are found on
-PATH or in ``/usr/lib/postgresql/*/bin`` (install them with ``scripts/ci_postgres.sh``).
+PATH or in ``/usr/lib/postgresql/*/bin`` (``scripts/ci_system_deps.sh`` installs them).
+Loaded as a plugin by ``tests/conftest.py`` (a second ``conftest.py`` would shadow that one).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def pg_dsn() -> Iterator[str]:
     if bindir is None:
         pytest.skip(
             "no PostgreSQL server binaries (initdb, pg_ctl, postgres) on PATH or in"
-            f" /usr/lib/postgresql/*/bin; run scripts/ci_postgres.sh or set {PG_DSN_ENV}"
+            f" /usr/lib/postgresql/*/bin; run scripts/ci_system_deps.sh or set {PG_DSN_ENV}"
         )
     server = PgServer(bindir)
     try:

@@ -140,6 +140,8 @@ def test_real_data_d3(tmp_path: Path) -> None:
     assert prof["injected_packets"] > 0 and prof["injected_after_learning"] == 0
     assert prof["realisable"] and kit["realisable"]
     assert prof0["alert_fires"] and prof0["poisoned_detection_rate"] > 0.9
-    # poisoning lowers the detection of both detectors
-    assert prof["poisoned_detection_rate"] < prof["clean_detection_rate"]
-    assert kit["poisoned_detection_rate"] <= kit["clean_detection_rate"]
+    # the profile detector's scan-shape limits are never learned past the absolute floors: the
+    # replayed scan does not blind it; the unhardened stream detector loses detection
+    assert prof["alert_fires"]
+    assert prof["poisoned_detection_rate"] >= 0.85 * prof["clean_detection_rate"]
+    assert kit["poisoned_detection_rate"] < kit["clean_detection_rate"]

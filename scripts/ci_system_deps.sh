@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # System programs some tests use as real peers: softflowd (NetFlow exporter), Chromium (dashboard
-# browser test), PostgreSQL (store backend). Installed from Debian's packages when missing and
+# browser test), PostgreSQL (store backend), nft (checks the generated nftables rulesets). Installed from Debian's packages when missing and
 # when running as root with apt-get; otherwise the tests that need them skip and say why.
 set -uo pipefail
 need=()
 command -v softflowd >/dev/null 2>&1 || need+=(softflowd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   need+=(postgresql)
 fi
 if [ ${#need[@]} -eq 0 ]; then
-  echo "ci_system_deps: softflowd, chromium and postgresql present"
+  echo "ci_system_deps: softflowd, chromium, nft and postgresql present"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -33,6 +33,7 @@ from iotsentry.store import (
     redact_dsn,
     sqlite_path,
 )
+from iotsentry.store.base import StoreBase
 from iotsentry.store.dialect import POSTGRES, SQLITE, to_pyformat
 
 
@@ -42,9 +43,9 @@ class Backend:
     def __init__(self, name: str, target: str) -> None:
         self.name = name
         self.target = target
-        self.opened: list[Store] = []
+        self.opened: list[StoreBase] = []
 
-    def open(self, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
+    def open(self, migrations: Sequence[Migration] = MIGRATIONS) -> StoreBase:
         store = open_store(self.target, migrations=migrations)
         self.opened.append(store)
         return store
@@ -74,7 +75,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
-def store(backend: Backend) -> Store:
+def store(backend: Backend) -> StoreBase:
     return backend.open()
 
 

@@ -31,8 +31,8 @@ from iotsentry.api.schemas import (
     action_out,
     alert_out,
 )
+from iotsentry.store.base import StoreBase as Store
 from iotsentry.store.records import AlertQuery
-from iotsentry.store.sqlite import Store
 
 __all__ = ["alert_filters", "decode_cursor", "encode_cursor", "router"]
 

@@ -22,7 +22,8 @@ from fastapi import FastAPI
 from iotsentry.api import alerts, baselines, devices, health, meta, models, runs, ui_static
 from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
 from iotsentry.api.errors import install_error_handlers
-from iotsentry.store import Store, open_store
+from iotsentry.store import open_store
+from iotsentry.store.base import StoreBase
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -30,7 +31,7 @@ API_VERSION = "1.0"
 
 
 def create_app(
-    store_path_or_store: str | Path | Store,
+    store_path_or_store: str | Path | StoreBase,
     *,
     model_dirs: Sequence[str | Path] = (),
     trusted_keys: Any = None,
@@ -41,8 +42,8 @@ def create_app(
     Parameters
     ----------
     store_path_or_store
-        A :class:`~iotsentry.store.sqlite.Store` (left open when the app stops) or the path of a
-        store database, or a ``postgresql://`` DSN (opened now with
+        A store (:class:`~iotsentry.store.base.StoreBase`, SQLite or PostgreSQL; left open when
+        the app stops) or the path of a store database, or a ``postgresql://`` DSN (opened now with
         :func:`~iotsentry.store.open_store`, migrated to the current schema, closed when the app
         stops).
     model_dirs
@@ -63,8 +64,10 @@ def create_app(
         the dashboard's static shell (``GET`` of exactly :data:`~iotsentry.api.ui_static.SHELL_PATHS`,
         under ``/ui/``; it holds no data -- see :mod:`iotsentry.api.ui_static`).
     """
-    owned = not isinstance(store_path_or_store, Store)
-    store = store_path_or_store if isinstance(store_path_or_store, Store) else open_store(store_path_or_store)
+    owned = not isinstance(store_path_or_store, StoreBase)
+    store = (
+        store_path_or_store if isinstance(store_path_or_store, StoreBase) else open_store(store_path_or_store)
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -37,8 +37,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iotsentry.api.errors import ApiError
 from iotsentry.api.tokens import TOKEN_PREFIX, create_token, has_scope, hash_token, new_token, parse_duration
+from iotsentry.store.base import StoreBase as Store
 from iotsentry.store.records import TOKEN_SCOPES
-from iotsentry.store.sqlite import Store
 
 __all__ = [
     "SAFE_METHODS",

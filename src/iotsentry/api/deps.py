@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from iotsentry.api.auth import Principal, require_admin, require_read
-from iotsentry.store.sqlite import Store
+from iotsentry.store.base import StoreBase as Store
 
 __all__ = ["MAX_LIMIT", "Admin", "Paging", "Reader", "StoreDep", "get_store", "paging"]
 

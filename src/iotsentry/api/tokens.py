@@ -11,8 +11,8 @@ import re
 import secrets
 import time
 
+from iotsentry.store.base import StoreBase as Store
 from iotsentry.store.records import TOKEN_SCOPES, ApiToken
-from iotsentry.store.sqlite import Store
 
 __all__ = ["TOKEN_PREFIX", "create_token", "has_scope", "hash_token", "new_token", "parse_duration"]
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iotsentry.errors import InputError
+from iotsentry.store.base import StoreBase
 from iotsentry.store.migrations import MIGRATIONS, Migration
 from iotsentry.store.sqlite import Store
 
@@ -69,7 +70,7 @@ def redact_dsn(target: str | Path) -> str:
     return f"{scheme}://{head}{q}{query}"
 
 
-def open_store(target: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
+def open_store(target: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> StoreBase:
     """Open (creating and migrating as needed) the store ``target`` names.
 
     Parameters
@@ -82,9 +83,9 @@ def open_store(target: str | Path, *, migrations: Sequence[Migration] = MIGRATIO
 
     Returns
     -------
-    Store
+    StoreBase
         A :class:`~iotsentry.store.sqlite.Store`, or a
-        :class:`~iotsentry.store.postgres.PostgresStore` (a ``Store`` subclass) for a DSN.
+        :class:`~iotsentry.store.postgres.PostgresStore` for a DSN.
 
     Raises
     ------

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from iotsentry.errors import InputError
-from iotsentry.store.base import Executor, Params
+from iotsentry.store.base import Executor, Params, StoreBase
 from iotsentry.store.dialect import POSTGRES
 from iotsentry.store.dsn import redact_dsn
 from iotsentry.store.migrations import (
@@ -36,7 +36,6 @@ from iotsentry.store.migrations import (
 )
 from iotsentry.store.pool import ConnectionPool, PoolClosed
 from iotsentry.store.rows import Row
-from iotsentry.store.sqlite import Store
 
 if TYPE_CHECKING:
     import psycopg
@@ -48,12 +47,11 @@ class StoreConnectionError(InputError):
     """The PostgreSQL store cannot be reached (bad DSN, server down, connection lost)."""
 
 
-class PostgresStore(Store):
+class PostgresStore(StoreBase):
     """The iotsentry store in a PostgreSQL database.
 
-    A subclass of :class:`~iotsentry.store.sqlite.Store` with the same public methods and
-    behaviour (the operations live in :class:`~iotsentry.store.base.StoreBase`); only the
-    plumbing differs, so code written for ``Store`` accepts it.
+    The same public methods and behaviour as the SQLite :class:`~iotsentry.store.sqlite.Store`
+    (both are :class:`~iotsentry.store.base.StoreBase`); only the plumbing differs.
 
     Parameters
     ----------

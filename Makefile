@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_read.py
 	$(BIN)/python benchmarks/bench_flows.py
 	$(BIN)/python benchmarks/bench_analyze.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) demo-out iotsentry-out .pytest_cache .mypy_cache .ruff_cache

@@ -806,6 +806,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cli.register(sub)
     advise_cli.register(sub)
 
+    from iotsentry.serve.cli import register as register_serve
+
+    register_serve(sub)
+
     dm = sub.add_parser("demo", help="generate the embedded smart-home capture and analyze it")
     dm.add_argument("--out-dir", default="demo-out")
     dm.add_argument("--seed", type=int, default=7)

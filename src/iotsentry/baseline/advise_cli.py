@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iotsentry.baseline.allowlist import learn_allowlist, write_allowlist
-
 __all__ = ["cmd_advise", "register"]
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
     """Write the allow-list; a one-line summary goes to stderr."""
+    from iotsentry.baseline.allowlist import learn_allowlist, write_allowlist  # heavy: numba
+
     allow = learn_allowlist(args.inputs, learn_seconds=args.learn_seconds, learn_fraction=args.learn_fraction)
     text = write_allowlist(allow, args.format)
     if args.out and args.out != "-":

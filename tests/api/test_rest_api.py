@@ -549,12 +549,12 @@ def test_an_old_schema_store_migrates_and_keeps_its_data(tmp_path: Path) -> None
     conn.close()
 
     with Store(path) as store:
-        assert store.version == len(MIGRATIONS) == 2
+        assert store.version == len(MIGRATIONS) >= 2
         assert [d.vendor for d in store.get_devices()] == ["Acme"]
         tok, _ = create_token(store, "ops", "admin")
         c = TestClient(create_app(store))
         h = {"Authorization": f"Bearer {tok}"}
-        assert c.get("/health", headers=h).json()["schema_version"] == 2
+        assert c.get("/health", headers=h).json()["schema_version"] == len(MIGRATIONS)
         devs = c.get("/devices", headers=h).json()
         assert devs["total"] == 1 and devs["items"][0]["maturity"] == 0.4 and not devs["items"][0]["mature"]
         alerts = c.get("/alerts", headers=h).json()
@@ -564,7 +564,7 @@ def test_an_old_schema_store_migrates_and_keeps_its_data(tmp_path: Path) -> None
         assert c.post("/alerts/1/assign", headers=h, json={"assignee": "pat"}).json()["assigned_by"] == "ops"
         assert c.get("/runs", headers=h).json()["items"][0]["stats"] == {"packets": 10}
     with Store(path) as again:  # opening a migrated store applies nothing more
-        assert again.version == 2 and again.get_alert(1) is not None
+        assert again.version == len(MIGRATIONS) and again.get_alert(1) is not None
         assert again.get_alert(1).assignee == "pat"  # type: ignore[union-attr]
 
 

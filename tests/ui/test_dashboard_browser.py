@@ -28,7 +28,7 @@ import pytest
 from iotsentry.api.tokens import create_token
 from iotsentry.cli import main as iotsentry_main
 from iotsentry.evaluation.synthetic_home import generate_home
-from iotsentry.store import Store
+from iotsentry.store import CanaryResult, Store
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -43,6 +43,16 @@ CHROMIUM_ARGS = [
 ]
 INFECTED = "28:57:be:1e:8f:ed"  # the camera generate_home(seed=7) infects
 TIMEOUT_MS = 20_000
+CANARY_RESULTS = [  # an older run that caught everything, then the latest: two classes missed
+    *(CanaryResult(1_700_000_000.0, "profile", c, True, 9.0, 1.0, INFECTED, "run-old")
+      for c in ("port-scan", "c2-beacon", "brute-force", "flood", "dns-tunnel")),
+    CanaryResult(1_700_003_600.0, "profile", "port-scan", True, 4.25, 1.5, INFECTED, "run-new"),
+    CanaryResult(1_700_003_600.0, "profile", "c2-beacon", False, 0.5, 1.5, INFECTED, "run-new"),
+    CanaryResult(1_700_003_600.0, "profile", "brute-force", True, 3.0, 1.5, INFECTED, "run-new"),
+    CanaryResult(1_700_003_600.0, "profile", "flood", True, 12.0, 1.5, INFECTED, "run-new"),
+    CanaryResult(1_700_003_600.0, "profile", "dns-tunnel", False, 1.25, 1.5, INFECTED, "run-new"),
+]  # fmt: skip
+"""Canary results put in the test store: the "Models & integrity" page shows the latest per class."""
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
@@ -184,6 +194,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with Store(db) as store:
         admin, _ = create_token(store, "alice", "admin")
         read, _ = create_token(store, "viewer", "read")
+        store.add_canary_results(CANARY_RESULTS)
     models, keys = _models(out)
     port = _free_port()
     log = out / "server.log"
@@ -400,6 +411,25 @@ def test_admin_inventory_device_alerts_models(tab: Tab, server: Server, tmp_path
     assert status == {"good": "verified", "tampered": "invalid", "unsigned": "unsigned"}
     assert {m["name"]: m["signature"]["status"] for m in server.get("/models")} == status
     assert page.locator("#runs-table tbody tr").count() == server.get("/runs")["total"] >= 1
+    # canary coverage per attack class: the latest result of each stored class
+    rows = page.locator("#canary-table tbody tr")
+    assert rows.count() == 5
+    coverage: dict[str | None, tuple[str, str, str]] = {}
+    for i in range(rows.count()):
+        cells = rows.nth(i).locator("td")
+        cls = cells.nth(0).locator("[data-canary-class]").get_attribute("data-canary-class")
+        coverage[cls] = (cells.nth(1).inner_text(), cells.nth(2).inner_text(), cells.nth(3).inner_text())
+    latest = {r.attack_class: r for r in CANARY_RESULTS if r.canary_run == "run-new"}
+    assert set(coverage) == set(latest)
+    for cls, r in latest.items():
+        assert coverage[cls][0] == "2023-11-14 23:13:20Z"  # the later run
+        assert coverage[cls][1] == ("yes" if r.detected else "no")
+        assert coverage[cls][2] == f"{r.score:g} / {r.threshold:g}"
+    assert page.locator('#canary-table [data-detected="no"]').count() == 2
+    assert page.locator("#canary-history-table tbody tr").count() == len(CANARY_RESULTS)
+    assert {c["attack_class"] for c in server.get("/integrity/canaries", server.read_token)["latest"]} == set(
+        latest
+    )
     _shot(page, shots / "models.png")
 
     # log out clears the token

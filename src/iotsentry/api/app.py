@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from iotsentry.api import alerts, baselines, devices, health, meta, models, runs, ui_static
+from iotsentry.api import alerts, baselines, devices, health, integrity, meta, models, runs, ui_static
 from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
 from iotsentry.api.errors import install_error_handlers
 from iotsentry.store import open_store
@@ -98,7 +98,7 @@ def create_app(
         authenticator=authenticator or Authenticator(store),
         public_paths=ui_static.SHELL_PATHS,  # the dashboard's static shell only (no data)
     )
-    for module in (devices, baselines, alerts, models, runs, health, meta):
+    for module in (devices, baselines, alerts, models, runs, health, meta, integrity):
         app.include_router(module.router)
     app.include_router(ui_static.whoami_router)
     app.include_router(ui_static.router)

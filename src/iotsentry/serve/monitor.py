@@ -4,18 +4,26 @@
   puts ``(source, batch, source state after it)`` on a bounded queue. A full queue blocks it: no
   source is polled until the engine has taken a batch (backpressure; nothing is ever dropped).
 * The engine thread (the caller of :meth:`Monitor.run`) takes one batch at a time, runs the
-  :class:`~iotsentry.serve.engine.StreamEngine`, commits the batch's alerts to the store in one
-  transaction (an alert is *reported* once stored: a ``kill -9`` later loses nothing stored),
-  only then hands them to the sinks, and only then persists the source's state (atomic
-  ``state.json`` in the state folder). A crash between the commit and the state write re-reads
-  that one batch on restart: its alerts are merged into the stored rows by de-duplication key
-  (their ``count`` grows), never lost and never duplicated as rows; sinks see them again
-  (at-least-once).
+  :class:`~iotsentry.serve.engine.StreamEngine`, and commits the batch's alerts *and* the
+  source's state after the batch (position and counters) to the store in ONE transaction
+  (:meth:`~iotsentry.store.base.StoreBase.add_alerts` with ``source_state``; the
+  ``source_state`` table): either both are stored or neither. Only then are the alerts handed
+  to the sinks and the state mirrored to ``state.json`` in the state folder. On start the
+  sources are restored from the store's committed state; ``state.json`` is only the fallback
+  for a source the store holds no state for (a store written by an iotsentry before the
+  ``source_state`` table: the first run after the upgrade resumes from the file). So a crash
+  at any point re-reads nothing that was committed and skips nothing that was not: each batch
+  is processed exactly once as far as the store is concerned (no alert ``count`` grows on a
+  restart). Sinks are fed after the commit and are *at-most-once* across a crash: alerts of the
+  batch being handed to the sinks when the process died are in the store but may not reach
+  every sink (they are never sent twice).
 * Periodic work between batches: canary replay through the engine's detector
   (:mod:`iotsentry.integrity.canary`; a missed class is a ``detector-blind`` integrity alert),
   score drift (:class:`~iotsentry.integrity.drift.ScoreDriftMonitor`, reference = the first
   scores after learning) and change rate (:class:`~iotsentry.integrity.drift.ChangeRateMonitor`),
   inventory upserts (counter deltas).
+* Canary results are stored per attack class in ``canary_runs`` (served by
+  ``GET /integrity/canaries`` and shown on the dashboard).
 * Audit records (when an audit log is configured): ``serve.start``/``serve.stop``, ``model.load``
   / ``model.refused``, ``baseline.learned``, ``baseline.reset`` (a restart relearns: the learned
   baseline is not persisted as a model), ``canary.result``.
@@ -53,10 +61,14 @@ from iotsentry.serve.metrics import Metrics
 from iotsentry.serve.sources import Batch, Source, make_source
 from iotsentry.store import open_store
 from iotsentry.store.base import StoreBase
+from iotsentry.store.records import CanaryResult
 
 __all__ = ["JsonLog", "Monitor", "MonitorStats", "build_monitor"]
 
 STATE_FILE = "state.json"
+KILL_AFTER_COMMITS_ENV = "IOTSENTRY_TEST_KILL_AFTER_COMMITS"
+"""Test hook: when set to ``N``, the process kills itself (SIGKILL) right after its ``N``-th store
+commit of a source state, before the sinks see that batch's alerts (tests of exactly-once)."""
 DRIFT_REFERENCE = 4096
 
 
@@ -185,6 +197,9 @@ class Monitor:
         self._churn = ChangeRateMonitor(site_id=site_id)
         self._canary_next = 0
         self._canary_due = time.monotonic() + canary_interval_s
+        hook = os.environ.get(KILL_AFTER_COMMITS_ENV, "").strip()
+        self._kill_after_commits = int(hook) if hook else 0
+        self._state_commits = 0
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -193,15 +208,23 @@ class Monitor:
         return self.state_dir / STATE_FILE
 
     def _load_state(self) -> None:
+        """Restore the sources from the store's committed state (``state.json``: fallback)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             self._state = json.loads(self.state_path.read_text(encoding="utf-8"))
         self._state.setdefault("sources", {})
+        committed = self.store.get_source_state()
         for name, src in self.sources.items():
-            entry = self._state["sources"].get(name)
+            entry, origin = committed.get(name), "store"
+            if entry is None:  # nothing committed for it (e.g. a store older than source_state)
+                entry, origin = self._state["sources"].get(name), STATE_FILE
+            else:
+                self._state["sources"][name] = entry
             if entry and entry.get("state"):
                 src.restore(entry["state"])
-                self.log("info", "source.resumed", source=name, packets=entry.get("packets", 0))
+                self.log(
+                    "info", "source.resumed", source=name, packets=entry.get("packets", 0), origin=origin
+                )
         if self._state.get("learned"):
             self._audit("baseline.reset", "baseline", {"reason": "restart: the baseline is learned again"})
             self.log("warning", "baseline.reset", reason="restart relearns the baseline")
@@ -222,11 +245,18 @@ class Monitor:
         if self.audit is not None:
             self.audit.append(action, subject, details)
 
-    def _commit(self, alerts: list[Alert]) -> None:
-        """Store first (one transaction), then the sinks."""
+    def _commit(self, alerts: list[Alert], source_state: dict[str, dict[str, Any]] | None = None) -> None:
+        """Store first (alerts and ``source_state`` in one transaction), then the sinks."""
+        if not alerts and not source_state:
+            return
+        self.store.add_alerts(self.run_id, alerts, source_state=source_state)
+        if source_state:
+            self._state_commits += 1
+            if self._kill_after_commits and self._state_commits >= self._kill_after_commits:
+                self.log("warning", "test.kill", commits=self._state_commits)
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between the commit and the sinks
         if not alerts:
             return
-        self.store.add_alerts(self.run_id, alerts)
         self.stats.alerts_stored += len(alerts)
         self.metrics.stored([int(a.severity) for a in alerts])
         self.log("info", "alerts.stored", count=len(alerts), total=self.stats.alerts_stored)
@@ -275,14 +305,15 @@ class Monitor:
         alerts = list(out.alerts) + self._integrity(out)
         if out.learned:
             self._learned()
-        self._commit(alerts)
-        entry = self._state["sources"].setdefault(name, {"packets": 0, "flows": 0, "batches": 0})
         is_flow = isinstance(batch, FlowBatch)
+        entry = dict(self._state["sources"].get(name) or {})
         entry["packets"] = int(entry.get("packets", 0)) + (0 if is_flow else len(batch))
         entry["flows"] = int(entry.get("flows", 0)) + (len(batch) if is_flow else 0)
         entry["batches"] = int(entry.get("batches", 0)) + 1
         entry["state"] = state
-        self._save_state()
+        self._commit(alerts, {name: entry})  # the alerts and the position after them: one transaction
+        self._state["sources"][name] = entry
+        self._save_state()  # a mirror of the committed state (the fallback of an older store)
         self.stats.batches += 1
         self.stats.packets += 0 if is_flow else len(batch)
         self.stats.flows += len(batch) if is_flow else 0
@@ -358,6 +389,20 @@ class Monitor:
         fn = profile_detect_fn(det, self.engine.index, self.engine.tracker.ip_names)
         report = run_canaries(
             fn, identity, start_ts=start, site_id=self.site_id, detector_name=det.name, audit=self.audit
+        )
+        ran_at = time.time()
+        self.store.add_canary_results(
+            CanaryResult(
+                ts=ran_at,
+                detector=det.name,
+                attack_class=cls,
+                detected=cov.detected,
+                score=cov.score,
+                threshold=cov.threshold,
+                device_id=report.device_id,
+                canary_run=report.run_id,
+            )
+            for cls, cov in report.coverage.items()
         )
         detected = sum(1 for c in report.coverage.values() if c.detected)
         self.metrics.canary(detected, len(report.coverage))

@@ -14,6 +14,7 @@ from iotsentry.store.records import (
     AlertAction,
     AlertQuery,
     ApiToken,
+    CanaryResult,
     DeviceQuery,
     DeviceSummary,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "AlertAction",
     "AlertQuery",
     "ApiToken",
+    "CanaryResult",
     "DeviceQuery",
     "DeviceSummary",
     "Migration",

@@ -13,6 +13,7 @@ parameterised queries are used.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -27,6 +28,7 @@ from iotsentry.store.records import (
     AlertAction,
     AlertQuery,
     ApiToken,
+    CanaryResult,
     DeviceQuery,
     DeviceSummary,
 )
@@ -247,7 +249,12 @@ class StoreBase:
 
     # -- alerts --------------------------------------------------------------------------------
 
-    def add_alerts(self, run_id: int | None, alerts: Iterable[Alert]) -> int:
+    def add_alerts(
+        self,
+        run_id: int | None,
+        alerts: Iterable[Alert],
+        source_state: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
         """Store alerts in one transaction, merging repeats; returns how many new rows were made.
 
         An alert whose de-duplication key (``extra["dedup_key"]``, else device, detector,
@@ -256,9 +263,29 @@ class StoreBase:
         score, threshold, severity, reason and EVE record replace the stored ones; if it is newer
         than the row's last activity, an acknowledged row is re-opened. Adding is not idempotent:
         store each kept alert once (e.g. ``AlertPolicy.alerts()`` at the end of a run).
+
+        Parameters
+        ----------
+        run_id
+            The run the alerts belong to (``None``: none).
+        alerts
+            The alerts to store (may be empty).
+        source_state
+            ``source name -> state`` (a JSON-ready mapping, e.g. a reader's offsets) written in the
+            *same* transaction as the alerts, replacing each source's stored state: the alerts of a
+            batch and the position after that batch are committed together or not at all, which
+            makes a monitor's processing of its sources exactly-once (see
+            :meth:`get_source_state`). ``None`` or empty: no state is written.
+
+        Returns
+        -------
+        int
+            How many new alert rows were made.
         """
         new_rows = 0
         with self._tx() as c:
+            if source_state:
+                self._put_source_state(c, source_state)
             for a in alerts:
                 key = alert_dedup_key(a)
                 count = int(a.extra.get("count", 1)) if a.extra else 1
@@ -305,6 +332,104 @@ class StoreBase:
                         ),
                     )
         return new_rows
+
+    # -- source state (exactly-once offsets of a monitor's sources) ------------------------------
+
+    @staticmethod
+    def _put_source_state(c: Executor, source_state: Mapping[str, Mapping[str, Any]]) -> None:
+        now = time.time()
+        for name, state in source_state.items():
+            c.execute(
+                "INSERT INTO source_state (source, state, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                (str(name), dumps_json(dict(state)), now),
+            )
+
+    def set_source_state(self, source_state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the stored state of the given sources (one transaction, no alerts).
+
+        Equivalent to ``add_alerts(None, [], source_state)``.
+        """
+        with self._tx() as c:
+            self._put_source_state(c, source_state)
+
+    def get_source_state(self) -> dict[str, dict[str, Any]]:
+        """The committed state of every source, as written by :meth:`add_alerts`.
+
+        Returns
+        -------
+        dict
+            ``source name -> state`` (decoded JSON); empty when nothing was committed yet.
+        """
+        rows = self._query("SELECT source, state FROM source_state ORDER BY source")
+        return {r["source"]: json.loads(r["state"]) for r in rows}
+
+    # -- canary coverage ---------------------------------------------------------------------------
+
+    def add_canary_results(self, results: Iterable[CanaryResult]) -> int:
+        """Record the per-class outcomes of canary runs (one transaction); returns the rows written.
+
+        A NaN score or threshold is stored as NULL (read back as ``None``); infinities are kept.
+        """
+        n = 0
+        with self._tx() as c:
+            for r in results:
+                c.execute(
+                    "INSERT INTO canary_runs (ts, detector, class, detected, score, threshold, device_id,"
+                    " canary_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        float(r.ts),
+                        r.detector,
+                        r.attack_class,
+                        int(bool(r.detected)),
+                        _no_nan(r.score),
+                        _no_nan(r.threshold),
+                        r.device_id,
+                        r.canary_run,
+                    ),
+                )
+                n += 1
+        return n
+
+    def latest_canary_results(self) -> list[CanaryResult]:
+        """The most recent result of every attack class (ordered by class).
+
+        The latest is the one with the greatest ``ts``, then the greatest id.
+        """
+        rows = self._query(
+            "SELECT * FROM (SELECT cr.*, ROW_NUMBER() OVER (PARTITION BY class ORDER BY ts DESC, id DESC)"
+            " AS rn FROM canary_runs cr) ranked WHERE rn = 1 ORDER BY class"
+        )
+        return [_canary_result(r) for r in rows]
+
+    def query_canary_results(
+        self, *, attack_class: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[CanaryResult], int]:
+        """Canary results, newest first (``ts``, then id), optionally of one class, and the total.
+
+        Parameters
+        ----------
+        attack_class
+            Only this class.
+        limit, offset
+            Paging.
+
+        Returns
+        -------
+        tuple
+            ``(results, total)``.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        cond, params = "", []
+        if attack_class is not None:
+            cond, params = " WHERE class = ?", [attack_class]
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM canary_runs{cond}", params)[0]["n"])
+        rows = self._query(
+            f"SELECT * FROM canary_runs{cond} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return [_canary_result(r) for r in rows], total
 
     def get_alerts(
         self,
@@ -719,3 +844,22 @@ class StoreBase:
         when = time.time() if at is None else float(at)
         with self._tx() as c:
             c.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (when, int(token_id)))
+
+
+def _no_nan(x: float | None) -> float | None:
+    """``x`` as a float, or ``None`` for ``None`` and NaN (stored as NULL)."""
+    return None if x is None or math.isnan(float(x)) else float(x)
+
+
+def _canary_result(r: Row) -> CanaryResult:
+    return CanaryResult(
+        ts=float(r["ts"]),
+        detector=r["detector"],
+        attack_class=r["class"],
+        detected=bool(r["detected"]),
+        score=None if r["score"] is None else float(r["score"]),
+        threshold=None if r["threshold"] is None else float(r["threshold"]),
+        device_id=r["device_id"],
+        canary_run=r["canary_run"],
+        id=int(r["id"]),
+    )

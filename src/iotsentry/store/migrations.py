@@ -155,6 +155,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX alerts_assignee ON alerts (assignee, last_ts)",
         ),
     ),
+    Migration(
+        "monitor: source offsets committed with the alerts (exactly-once), canary coverage history",
+        (
+            """
+            CREATE TABLE source_state (
+                source TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                updated REAL NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE canary_runs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                ts REAL NOT NULL,
+                detector TEXT NOT NULL,
+                class TEXT NOT NULL,
+                detected INTEGER NOT NULL,
+                score REAL,
+                threshold REAL,
+                device_id TEXT NOT NULL DEFAULT '',
+                canary_run TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            "CREATE INDEX canary_runs_class ON canary_runs (class, ts)",
+            "CREATE INDEX canary_runs_ts ON canary_runs (ts)",
+        ),
+    ),
 )
 """The schema steps of this version of iotsentry, oldest first. Append, never edit."""
 

@@ -12,7 +12,15 @@ from typing import Any
 
 from iotsentry.schema import Device
 
-__all__ = ["TOKEN_SCOPES", "AlertAction", "AlertQuery", "ApiToken", "DeviceQuery", "DeviceSummary"]
+__all__ = [
+    "TOKEN_SCOPES",
+    "AlertAction",
+    "AlertQuery",
+    "ApiToken",
+    "CanaryResult",
+    "DeviceQuery",
+    "DeviceSummary",
+]
 
 TOKEN_SCOPES = ("read", "admin")
 """The scopes an API token can have; ``admin`` implies ``read``."""
@@ -155,3 +163,38 @@ class AlertAction:
             "value": self.value,
             "note": self.note,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryResult:
+    """The outcome of one canary attack class in one canary run (a row of ``canary_runs``).
+
+    Attributes
+    ----------
+    ts
+        When the canary run happened (seconds since the epoch, UTC).
+    detector
+        The detector the canary was replayed through.
+    attack_class
+        The canary class (e.g. ``"port-scan"``; the ``class`` column).
+    detected
+        Whether the detector flagged it.
+    score, threshold
+        The detector's score and threshold; ``None`` when not a finite number.
+    device_id
+        The device the canary impersonated (``""`` when unknown).
+    canary_run
+        The id of the canary run (shared by the classes replayed together).
+    id
+        The row id (``None`` before it is stored).
+    """
+
+    ts: float
+    detector: str
+    attack_class: str
+    detected: bool
+    score: float | None
+    threshold: float | None
+    device_id: str = ""
+    canary_run: str = ""
+    id: int | None = None

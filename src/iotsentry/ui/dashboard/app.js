@@ -671,7 +671,8 @@
   // -- models and integrity ---------------------------------------------------------------------------
 
   async function renderModels(root) {
-    const [health, models, runs] = await Promise.all([api("/health"), api("/models"), api("/runs?limit=10")]);
+    const [health, models, runs, canaries] = await Promise.all([api("/health"), api("/models"), api("/runs?limit=10"),
+      api("/integrity/canaries?limit=20")]);
     append(root, [
       h("h1", {}, "Models & integrity"),
       h("h2", {}, "API and store health"),
@@ -694,6 +695,16 @@
             `${mo.files.length} (${fmtBytes(mo.files.reduce((n, x) => n + x.size, 0))})`,
             mo.manifest_error || s.error || "-"];
         }), "No model directories configured (start the API with --model-dir DIR --keyring KEYDIR)."),
+      h("h2", {}, "Canary coverage per attack class"),
+      h("p", { class: "note" }, "The monitor (iotsentry serve) replays synthetic attacks of each class through its " +
+        "detector; a missed class means the detector is blind to it and raises a detector-blind integrity alert."),
+      canaryTable("canary-table", canaries.latest, "No canary runs in the store yet (iotsentry serve runs them " +
+        "when [canary] interval_s is set)."),
+      canaries.history.total > canaries.latest.length
+        ? h("details", { id: "canary-history" },
+          h("summary", {}, `History (${canaries.history.items.length} most recent of ${canaries.history.total})`),
+          canaryTable("canary-history-table", canaries.history.items, "No canary runs."))
+        : null,
       h("h2", {}, "Recent runs"),
       listTable("runs-table", ["Run", "Command", "Status", "Started", "Took", "Inputs", "Packets", "Devices"],
         runs.items.map((r) => [String(r.id), r.command, h("span", { class: `badge ${r.status === "ok" ? "ok" : r.status === "failed" ? "degraded" : ""}` }, r.status),
@@ -701,6 +712,20 @@
           Array.isArray(r.inputs) ? r.inputs.join(", ") : JSON.stringify(r.inputs),
           fmtNum(r.stats.packets), fmtNum(r.stats.devices)]), "No runs in the store."),
     ]);
+  }
+
+  /** Canary results: class, last run, detected yes/no, score / threshold, detector, device. */
+  function canaryTable(id, results, emptyText) {
+    return listTable(id, ["Attack class", "Last run", "Detected", "Score / threshold", "Detector", "Device"],
+      results.map((c) => [
+        h("span", { dataset: { canaryClass: c.attack_class } }, c.attack_class),
+        fmtTime(c.ts),
+        h("span", { class: `badge ${c.detected ? "ok" : "degraded"}`, dataset: { detected: c.detected ? "yes" : "no" } },
+          c.detected ? "yes" : "no"),
+        `${fmtNum(c.score, 3)} / ${fmtNum(c.threshold, 3)}`,
+        c.detector,
+        h("span", { class: "mono" }, c.device_id || "-"),
+      ]), emptyText, [false, false, false, true, false, false]);
   }
 
   // -- start -----------------------------------------------------------------------------------------

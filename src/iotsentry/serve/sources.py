@@ -151,14 +151,18 @@ class PolledSource:
     reader
         Anything with ``poll(timeout)``; ``state()``/``restore()``/``close()`` are used when it
         has them.
+    max_items
+        Passed as ``poll``'s second argument (the largest batch, e.g. ``LiveCapture``'s
+        ``max_packets``); ``None``: the reader's default.
     """
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, max_items: int | None = None) -> None:
         self.reader = reader
+        self.max_items = max_items
 
     def poll(self, timeout: float) -> Batch | None:
         """The reader's next batch (an empty batch counts as ``None``)."""
-        b = self.reader.poll(timeout)
+        b = self.reader.poll(timeout) if self.max_items is None else self.reader.poll(timeout, self.max_items)
         return b if b is not None and len(b) else None
 
     def state(self) -> dict[str, Any]:
@@ -223,5 +227,7 @@ def make_source(cfg: SourceConfig) -> Source:
         live = _capture_module("live")
         if live is None:
             raise SourceUnavailable(f"source {cfg.name}: interface needs iotsentry.capture.live")
-        return PolledSource(live.LiveCapture(cfg.interface, with_raw=keep_raw_for_app_fields))
+        return PolledSource(
+            live.LiveCapture(cfg.interface, with_raw=keep_raw_for_app_fields), max_items=cfg.batch_size
+        )
     raise SourceUnavailable(f"source {cfg.name}: unknown kind {cfg.kind!r}")

@@ -5,8 +5,9 @@ A crash is provoked right after that commit, before the sinks see the batch: in 
 raising a ``BaseException`` the monitor does not swallow) and as a real ``kill -9`` of a child
 process (the :data:`~iotsentry.serve.monitor.KILL_AFTER_COMMITS_ENV` test hook). After a
 restart nothing is read twice (every stored alert keeps ``count == 1``, no sink sees an alert
-twice) and nothing is skipped (every batch is ingested once over both runs, every alert is
-stored). Each check runs on SQLite and, when a server is available, on PostgreSQL.
+twice; the crashed batch's alerts reach the sinks from the outbox) and nothing is skipped
+(every batch is ingested once over both runs, every alert is stored). Each check runs on
+SQLite and, when a server is available, on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -160,10 +161,16 @@ def check_restart_is_exactly_once(target: str, state_dir: Path, first_sink_tags:
     assert resumed and resumed[0]["origin"] == "store"
     # ... no stored alert grew, none is missing ...
     assert stored_tags(target) == {t: 1 for t in range(N_BATCHES)}
-    # ... and no sink saw an alert twice (the batch of the crash is in the store only)
+    # ... and the sinks saw every alert exactly once: the batch of the crash was in the outbox
+    # (committed with it) and was handed to the sinks first on restart
     sent = first_sink_tags + sink.tags
     assert len(sent) == len(set(sent))
-    assert sorted(sent) == [t for t in range(N_BATCHES) if t != CRASH_AT]
+    assert sorted(sent) == list(range(N_BATCHES))
+    assert sink.tags[0] == CRASH_AT
+    resent = [json.loads(x) for x in log.getvalue().splitlines() if '"outbox.resent"' in x]
+    assert resent and resent[0]["count"] == 1
+    with open_store(target) as store:
+        assert store.outbox_pending() == []
     # the counters committed with the offsets add up to the input, exactly once
     with open_store(target) as store:
         final = store.get_source_state()["fake"]

@@ -14,9 +14,11 @@
   ``source_state`` table: the first run after the upgrade resumes from the file). So a crash
   at any point re-reads nothing that was committed and skips nothing that was not: each batch
   is processed exactly once as far as the store is concerned (no alert ``count`` grows on a
-  restart). Sinks are fed after the commit and are *at-most-once* across a crash: alerts of the
-  batch being handed to the sinks when the process died are in the store but may not reach
-  every sink (they are never sent twice).
+  restart). Sinks are fed after the commit, at least once across a crash: alerts of the
+  batch being handed to the sinks when the process died are in the store and in its outbox
+  (written in the same transaction): on start the outbox is handed to the sinks first, so sinks
+  get every stored alert at least once (twice only if the process died after the sinks and
+  before the outbox was cleared). A sink that raises is logged and counted, not retried.
 * Periodic work between batches: canary replay through the engine's detector
   (:mod:`iotsentry.integrity.canary`; a missed class is a ``detector-blind`` integrity alert),
   score drift (:class:`~iotsentry.integrity.drift.ScoreDriftMonitor`, reference = the first
@@ -249,7 +251,7 @@ class Monitor:
         """Store first (alerts and ``source_state`` in one transaction), then the sinks."""
         if not alerts and not source_state:
             return
-        self.store.add_alerts(self.run_id, alerts, source_state=source_state)
+        self.store.add_alerts(self.run_id, alerts, source_state=source_state, outbox=bool(self.sinks))
         if source_state:
             self._state_commits += 1
             if self._kill_after_commits and self._state_commits >= self._kill_after_commits:
@@ -260,6 +262,10 @@ class Monitor:
         self.stats.alerts_stored += len(alerts)
         self.metrics.stored([int(a.severity) for a in alerts])
         self.log("info", "alerts.stored", count=len(alerts), total=self.stats.alerts_stored)
+        self._to_sinks(alerts)
+        self.store.outbox_done()
+
+    def _to_sinks(self, alerts: list[Alert]) -> None:
         for sink in self.sinks:
             for a in alerts:
                 try:
@@ -267,6 +273,15 @@ class Monitor:
                 except Exception as e:  # a sink failing must not stop the monitor: it is stored
                     self.metrics.set(sink_errors=self.metrics.sink_errors + 1)
                     self.log("error", "sink.error", sink=type(sink).__name__, error=str(e))
+
+    def _flush_outbox(self) -> None:
+        """Hand the sinks what a crash left stored but unsent (at-least-once sinks)."""
+        if not self.sinks:
+            return
+        while pending := self.store.outbox_pending(limit=1000):
+            self._to_sinks([a for _, a in pending])
+            self.store.outbox_done(pending[-1][0])
+            self.log("info", "outbox.resent", count=len(pending))
 
     # -- reader thread -------------------------------------------------------------------------
     def _reader(self) -> None:
@@ -458,6 +473,7 @@ class Monitor:
                 restore.append((s, signal.signal(s, on_signal)))
         self._load_state()
         self.run_id = self.store.start_run(self.command, {"sources": list(self.sources)})
+        self._flush_outbox()
         self._audit("serve.start", "serve", {"run_id": self.run_id, "sources": list(self.sources)})
         self.log(
             "info", "serve.start", run_id=self.run_id, sources=list(self.sources), state=str(self.state_path)

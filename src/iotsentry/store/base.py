@@ -36,6 +36,8 @@ from iotsentry.store.rows import (
     DEVICE_SUMMARY_COLUMNS,
     Row,
     StoredAlert,
+    alert_from_record,
+    alert_record,
     alert_where,
     api_token_from_row,
     baseline_dict,
@@ -254,6 +256,7 @@ class StoreBase:
         run_id: int | None,
         alerts: Iterable[Alert],
         source_state: Mapping[str, Mapping[str, Any]] | None = None,
+        outbox: bool = False,
     ) -> int:
         """Store alerts in one transaction, merging repeats; returns how many new rows were made.
 
@@ -276,6 +279,10 @@ class StoreBase:
             batch and the position after that batch are committed together or not at all, which
             makes a monitor's processing of its sources exactly-once (see
             :meth:`get_source_state`). ``None`` or empty: no state is written.
+        outbox
+            Also queue each alert, as given, in the outbox (same transaction) until
+            :meth:`outbox_done` says every sink has it; :meth:`outbox_pending` lists what a crash
+            left unsent, so sinks get every stored alert at least once.
 
         Returns
         -------
@@ -283,9 +290,17 @@ class StoreBase:
             How many new alert rows were made.
         """
         new_rows = 0
+        alerts = list(alerts)
         with self._tx() as c:
             if source_state:
                 self._put_source_state(c, source_state)
+            if outbox:
+                now = time.time()
+                for a in alerts:
+                    c.execute(
+                        "INSERT INTO alert_outbox (queued, alert) VALUES (?, ?)",
+                        (now, dumps_json(alert_record(a))),
+                    )
             for a in alerts:
                 key = alert_dedup_key(a)
                 count = int(a.extra.get("count", 1)) if a.extra else 1
@@ -344,6 +359,26 @@ class StoreBase:
                 " ON CONFLICT (source) DO UPDATE SET state = excluded.state, updated = excluded.updated",
                 (str(name), dumps_json(dict(state)), now),
             )
+
+    def outbox_pending(self, limit: int = 10_000) -> list[tuple[int, Alert]]:
+        """Alerts stored with ``outbox=True`` that no sink confirmation has cleared yet, oldest
+        first: ``(outbox id, alert)``."""
+        rows = self._query("SELECT id, alert FROM alert_outbox ORDER BY id LIMIT ?", (int(limit),))
+        return [(int(r["id"]), alert_from_record(json.loads(r["alert"]))) for r in rows]
+
+    def outbox_done(self, upto_id: int | None = None) -> int:
+        """Clear the outbox up to and including ``upto_id`` (``None``: all); returns rows cleared."""
+        with self._tx() as c:
+            if upto_id is None:
+                cur = c.execute("DELETE FROM alert_outbox")
+            else:
+                cur = c.execute("DELETE FROM alert_outbox WHERE id <= ?", (int(upto_id),))
+            return int(cur.rowcount or 0)
+
+    def outbox_last_id(self) -> int:
+        """The newest outbox id (0 when empty)."""
+        rows = self._query("SELECT MAX(id) AS m FROM alert_outbox")
+        return int(rows[0]["m"] or 0) if rows else 0
 
     def set_source_state(self, source_state: Mapping[str, Mapping[str, Any]]) -> None:
         """Replace the stored state of the given sources (one transaction, no alerts).

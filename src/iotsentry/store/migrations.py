@@ -182,6 +182,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX canary_runs_ts ON canary_runs (ts)",
         ),
     ),
+    Migration(
+        "monitor: outbox of alerts stored but not yet handed to every sink (at-least-once sinks)",
+        (
+            """
+            CREATE TABLE alert_outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                queued REAL NOT NULL,
+                alert TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 """The schema steps of this version of iotsentry, oldest first. Append, never edit."""
 

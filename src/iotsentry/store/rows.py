@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,8 @@ __all__ = [
     "DEVICE_SUMMARY_COLUMNS",
     "Row",
     "StoredAlert",
+    "alert_from_record",
+    "alert_record",
     "alert_where",
     "api_token_from_row",
     "baseline_dict",
@@ -60,6 +62,17 @@ def _json_default(obj: Any) -> Any:
 def dumps_json(value: Any) -> str:
     """Compact JSON text of ``value`` (numpy values, sets, tuples and paths allowed)."""
     return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def alert_record(a: Alert) -> dict[str, Any]:
+    """Every field of an alert, JSON-ready (for the outbox; :func:`alert_from_record` inverts it)."""
+    return {f.name: getattr(a, f.name) for f in fields(Alert)}
+
+
+def alert_from_record(rec: dict[str, Any]) -> Alert:
+    """The alert :func:`alert_record` described (unknown keys ignored)."""
+    names = {f.name for f in fields(Alert)}
+    return Alert(**{k: v for k, v in rec.items() if k in names})
 
 
 def _union(first: Iterable[str], second: Iterable[str]) -> list[str]:

@@ -13,9 +13,9 @@ import binascii
 import json
 import math
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
 from iotsentry.api.auth import require_read
@@ -184,7 +184,7 @@ def get_alert(store: StoreDep, alert_id: AlertId) -> AlertDetailOut:
     responses={404: {"model": ErrorOut}},
 )
 def acknowledge_alert(
-    store: StoreDep, who: Admin, alert_id: AlertId, body: AckIn | None = None
+    request: Request, store: StoreDep, who: Admin, alert_id: AlertId, body: AckIn | None = None
 ) -> AlertDetailOut:
     """Mark the alert acknowledged (``{"acknowledged": false}`` re-opens it); recorded with the token name."""
     b = body or AckIn(acknowledged=True, note=None)
@@ -193,7 +193,16 @@ def acknowledge_alert(
     )
     if done is None:
         raise not_found(f"alert {alert_id}")
+    action = "alert.ack" if b.acknowledged else "alert.reopen"
+    _audit(request, action, alert_id, who, {"note": b.note})
     return _detail(store, alert_id)
+
+
+def _audit(request: Request, action: str, alert_id: int, who: Any, details: dict[str, Any]) -> None:
+    """Record a change in the audit log the app was given (if any), in the token's name."""
+    hook = getattr(request.app.state, "audit", None)
+    if hook is not None:
+        hook(action, f"alert/{alert_id}", {**details, "token_id": who.token_id}, actor=who.name)
 
 
 @router.post(
@@ -202,9 +211,12 @@ def acknowledge_alert(
     summary="Assign an alert to a person [admin]",
     responses={404: {"model": ErrorOut}},
 )
-def assign_alert(store: StoreDep, who: Admin, alert_id: AlertId, body: AssignIn) -> AlertDetailOut:
+def assign_alert(
+    request: Request, store: StoreDep, who: Admin, alert_id: AlertId, body: AssignIn
+) -> AlertDetailOut:
     """Set (or with ``null`` clear) the assignee; recorded with the token name."""
     done = store.assign_alert(alert_id, body.assignee, who.name, note=body.note, actor_token_id=who.token_id)
     if done is None:
         raise not_found(f"alert {alert_id}")
+    _audit(request, "alert.assign", alert_id, who, {"assignee": body.assignee, "note": body.note})
     return _detail(store, alert_id)

@@ -162,7 +162,17 @@ def cmd_api(args: argparse.Namespace) -> int:
                 "(put a TLS reverse proxy in front, or use --ssl-certfile/--ssl-keyfile)",
                 file=sys.stderr,
             )
-        app = create_app(store, model_dirs=args.model_dir or [], trusted_keys=args.keyring)
+        audit = None
+        if args.audit_log:
+            from iotsentry.integrity.audit import AuditLog  # CLI wiring (the API itself takes a hook)
+
+            audit = AuditLog(args.audit_log, actor="iotsentry-api")
+        app = create_app(
+            store,
+            model_dirs=args.model_dir or [],
+            trusted_keys=args.keyring,
+            audit=audit.append if audit is not None else None,
+        )
         print(f"dashboard: {_dashboard_url(args)} (log in by pasting an API token)", flush=True)
         uvicorn.run(
             app,
@@ -214,6 +224,9 @@ def register(subparsers: Any) -> None:
     api.add_argument("--port", type=int, default=8080)
     api.add_argument("--model-dir", action="append", help="model directory or folder of them (repeatable)")
     api.add_argument("--keyring", help="key directory with trusted_keys.json for model signatures")
+    api.add_argument(
+        "--audit-log", help="hash-chained audit log that records acknowledgements and assignments"
+    )
     api.add_argument("--ssl-certfile")
     api.add_argument("--ssl-keyfile")
     api.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

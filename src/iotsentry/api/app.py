@@ -12,7 +12,7 @@ The web dashboard is served by the same app under ``/ui/`` (:mod:`iotsentry.api.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,10 @@ from iotsentry.api.errors import install_error_handlers
 from iotsentry.store import open_store
 from iotsentry.store.base import StoreBase
 
-__all__ = ["API_VERSION", "create_app"]
+__all__ = ["API_VERSION", "AuditHook", "create_app"]
+
+AuditHook = Callable[..., Any]
+"""``audit(action, subject, details, *, actor)``: records a change made through the API."""
 
 API_VERSION = "1.0"
 
@@ -36,6 +39,7 @@ def create_app(
     model_dirs: Sequence[str | Path] = (),
     trusted_keys: Any = None,
     authenticator: Authenticator | None = None,
+    audit: AuditHook | None = None,
 ) -> FastAPI:
     """Build the REST API over a store.
 
@@ -56,6 +60,10 @@ def create_app(
     authenticator
         Checks tokens (default: against the store's ``api_tokens``; tests pass one with a fake
         clock).
+    audit
+        Called as ``audit(action, subject, details, actor=token name)`` after every change made
+        through the API (acknowledge, re-open, assign): e.g. the ``append`` of the monitor's
+        hash-chained audit log (:class:`iotsentry.integrity.audit.AuditLog`).
 
     Returns
     -------
@@ -92,6 +100,7 @@ def create_app(
     app.state.store = store
     app.state.model_dirs = [Path(p) for p in model_dirs]
     app.state.trusted_keys = trusted_keys
+    app.state.audit = audit
     install_error_handlers(app)
     app.add_middleware(
         BearerAuthMiddleware,

@@ -36,7 +36,13 @@ def start_api(cfg: ServeConfig, metrics: Metrics | None) -> tuple[Any, threading
     from iotsentry.api.app import create_app
     from iotsentry.serve.metrics import metrics_router
 
-    app = create_app(cfg.store)
+    audit = None
+    if cfg.audit_path is not None:
+        from iotsentry.integrity.audit import AuditLog
+
+        # its own handle on the monitor's log (the file lock orders the two writers)
+        audit = AuditLog(cfg.audit_path, actor="iotsentry-api")
+    app = create_app(cfg.store, audit=audit.append if audit is not None else None)
     if metrics is not None:
         app.include_router(metrics_router(metrics))
     server = uvicorn.Server(

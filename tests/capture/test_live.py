@@ -17,7 +17,9 @@ from iotsentry.capture.live import LiveCapture
 from iotsentry.errors import InputError
 from iotsentry.schema import PacketBatch, ip_from_str
 
-HOST_IP, NS_IP = "10.231.7.1", "10.231.7.2"
+_NET = f"10.231.{os.getpid() % 250 + 1}"
+"""A subnet of its own per test process (concurrent runs must not share addresses)."""
+HOST_IP, NS_IP = f"{_NET}.1", f"{_NET}.2"
 
 
 def _run(*cmd: str) -> None:

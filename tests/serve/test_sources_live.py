@@ -337,7 +337,9 @@ def test_netflow_flows_through_a_signed_model_become_stored_alerts(
 
 # ------------------------------------------------------------------------------ 2. interface
 
-HOST_IP, NS_IP = "10.231.9.1", "10.231.9.2"
+_NET = f"10.232.{os.getpid() % 250 + 1}"
+"""A subnet of its own per test process (concurrent runs must not share addresses)."""
+HOST_IP, NS_IP = f"{_NET}.1", f"{_NET}.2"
 BATCH = 50
 """``batch_size`` of the interface source: smaller than the scan's burst of frames."""
 

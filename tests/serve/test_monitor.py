@@ -130,9 +130,10 @@ def test_a_restart_resumes_where_the_stored_state_says(tmp_path: Path, home: Any
         stored = {d.device_id: d.packets for d in store.get_devices()}
     want = {d.device_id: d.packets for d in batch.tracker.devices()}
     assert stored == want
-    # the second run relearned (no model of the baseline is kept) and said so
+    # the second run started from the baseline the first one saved (no relearning) and said so
     actions = [r.action for r in read_records(tmp_path / "audit.jsonl")]
-    assert actions.count("serve.start") == 2 and "baseline.reset" in actions
+    assert actions.count("serve.start") == 2 and "baseline.restored" in actions
+    assert actions.count("baseline.learned") == 1 and "baseline.reset" not in actions
 
 
 class SlowEngine(StreamEngine):

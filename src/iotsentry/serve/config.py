@@ -37,6 +37,8 @@ Example::
 
     [state]
     dir = "/var/lib/iotsentry/state"
+    keyring = "/etc/iotsentry/keys"   # optional: the saved baseline must verify (default: [model] keyring)
+    signing_key = "/etc/iotsentry/keys/monitor.key"   # optional (default: the keyring's active key file)
 
 Relative paths are taken from the configuration file's folder. Any unknown section or key and
 any bad value is a :class:`ConfigError` whose message is one line: ``FILE: KEY: PROBLEM``.
@@ -135,6 +137,10 @@ class ServeConfig:
     model_dir: Path | None = None
     model_keyring: Path | None = None
     state_dir: Path | None = None
+    state_keyring: Path | None = None
+    """Trust store the saved baseline must verify against (``[state] keyring``)."""
+    state_signing_key: Path | None = None
+    """Private key that signs the saved baseline (``[state] signing_key``)."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def resolved_state_dir(self) -> Path:
@@ -199,7 +205,7 @@ _SECTIONS: dict[str, dict[str, Check]] = {
     "canary": {"interval_s": _num(0.0)},
     "audit": {"path": _str},
     "model": {"dir": _str, "keyring": _str},
-    "state": {"dir": _str},
+    "state": {"dir": _str, "keyring": _str, "signing_key": _str},
     "monitor": {
         "queue_size": _int(1, 1_000_000),
         "poll_timeout_s": _num(0.0, lo_open=True),
@@ -283,6 +289,8 @@ def parse_config(data: Mapping[str, Any], file: str | Path = "<config>") -> Serv
         model_dir=_path(base, model.get("dir")),
         model_keyring=_path(base, model.get("keyring")),
         state_dir=_path(base, sec["state"].get("dir")),
+        state_keyring=_path(base, sec["state"].get("keyring")),
+        state_signing_key=_path(base, sec["state"].get("signing_key")),
         monitor=MonitorConfig(
             mon.get("queue_size", 8), mon.get("poll_timeout_s", 0.5), mon.get("inventory_interval_s", 10.0)
         ),

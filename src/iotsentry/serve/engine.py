@@ -24,6 +24,16 @@ findings); the peer-group check runs at the learning end (same profiles, as they
 alerts are not re-counted after they are emitted (``extra["count"]`` stays 1 in what the monitor
 stores for repeats folded later: the store merges repeats by de-duplication key instead).
 
+Persistence: with ``snapshot_baseline`` the engine encodes its frozen baseline at the learning
+end, before any packet is evaluated (:func:`~iotsentry.baseline.persist.encode_baseline`, JSON +
+npz), with what detection needs besides it (learning end, device labels, gateway, DNS names,
+application token texts) as metadata; the monitor writes and signs it. :meth:`StreamEngine.restore`
+starts detection from such a saved baseline without learning: the detector is fitted on it,
+and the learning-end findings (peer groups, baseline drift) are not raised again. A restored
+engine's streaming state (periodicity since the learning end, slow-scan targets, alert
+de-duplication) starts empty; learned schedules count as seen at the first packet after the
+restore (silence is judged over observed time only).
+
 Flow batches (Zeek, NetFlow) go through a flow model when one was loaded (see
 :func:`load_flow_model_verified`), else they only count.
 """
@@ -51,6 +61,9 @@ from iotsentry.pipeline import PEER_MIN_WINDOWS
 from iotsentry.schema import PROTO_NAMES, Alert, AppEvent, Device, FlowBatch, PacketBatch, ip_to_str
 
 __all__ = ["EngineOutput", "FlowModelRunner", "StreamEngine", "load_flow_model_verified"]
+
+RESTORE_FORMAT = 1
+"""Version of the engine's metadata in a saved baseline (``metadata.json``)."""
 
 MAX_TOKEN_TEXTS = 100_000
 """Distinct application tokens whose text is kept for explanations (memory bound)."""
@@ -216,6 +229,13 @@ class StreamEngine:
         self._carry_pos = np.zeros(0, np.int64)
         self._gateway: str | None = None
         self._known: set[str] = set()
+        self.snapshot_baseline = False
+        """Encode the baseline at the learning end into :attr:`learned_snapshot`."""
+        self.learned_snapshot: dict[str, bytes] | None = None
+        """The files of the baseline saved at the learning end (taken by the monitor)."""
+        self.restored = False
+        """Whether detection started from a saved baseline (:meth:`restore`)."""
+        self._resume_pending = False
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -262,6 +282,8 @@ class StreamEngine:
             end = self.first_ts + max(0.0, self.learn_seconds)
             self.t_end = math.floor(end / WINDOW_S) * WINDOW_S
         self.last_ts = max(self.last_ts, float(batch.ts.max()))
+        if self._resume_pending:
+            self._resume_schedules(float(batch.ts.min()))
         self._sync_devices()
         head, head_pos = self._align(batch, positions)
         if head is not None:
@@ -317,7 +339,87 @@ class StreamEngine:
             self.baseline, labels=labels, margin=self.margin, token_text=self._tokens.text
         ).fit()
         out.learned = True
+        if self.snapshot_baseline:
+            from iotsentry.baseline.persist import encode_baseline
+
+            self.learned_snapshot = encode_baseline(self.baseline, self._restore_metadata(labels))
         out.alerts += self._peer_groups(labels)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _restore_metadata(self, labels: list[str]) -> dict[str, Any]:
+        """What detection needs besides the baseline (see :meth:`restore`)."""
+        return {
+            "engine": RESTORE_FORMAT,
+            "first_ts": self.first_ts,
+            "t_end": self.t_end,
+            "learn_seconds": self.learn_seconds,
+            "labels": list(labels),
+            "gateway": self._gateway,
+            "ip_names": dict(self.tracker.ip_names),
+            "token_text": {str(k): v for k, v in self._tokens.text.items()},
+        }
+
+    def restore(self, baseline: Baseline, metadata: dict[str, Any]) -> None:
+        """Start detection from a saved baseline (frozen), skipping learning.
+
+        Parameters
+        ----------
+        baseline
+            A loaded baseline (:func:`~iotsentry.baseline.persist.load_baseline_with_metadata`).
+        metadata
+            Its metadata, as written at the learning end by an engine with ``snapshot_baseline``.
+
+        Raises
+        ------
+        ValueError
+            The metadata is not an engine's, or was learned with another ``learn_seconds``; the
+            engine is left unchanged (still learning).
+        """
+        if not self.learning or self.packets:
+            raise ValueError("restore a baseline before the first batch")
+        if not baseline.frozen:
+            raise ValueError("the baseline is not frozen")
+        m = metadata
+        if m.get("engine") != RESTORE_FORMAT:
+            raise ValueError(f"baseline metadata version {m.get('engine')!r} is not {RESTORE_FORMAT}")
+        try:
+            first_ts, t_end = float(m["first_ts"]), float(m["t_end"])
+            learn_s = float(m["learn_seconds"])
+            labels = [str(x) for x in m["labels"]]
+            gateway = m["gateway"]
+            ip_names = {str(k): str(v) for k, v in dict(m["ip_names"]).items()}
+            token_text = {int(k): str(v) for k, v in dict(m["token_text"]).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"baseline metadata is incomplete ({type(e).__name__}: {e})") from None
+        if not (math.isfinite(first_ts) and math.isfinite(t_end)) or len(labels) != len(baseline.device_ids):
+            raise ValueError("baseline metadata does not match the baseline (times or labels)")
+        if gateway is not None and not isinstance(gateway, str):
+            raise ValueError("baseline metadata: gateway must be a device id or null")
+        if learn_s != self.learn_seconds:
+            raise ValueError(
+                f"the saved baseline was learned over {learn_s:g} s, the configuration says "
+                f"{self.learn_seconds:g} s"
+            )
+        self._tokens.text.update(list(token_text.items())[:MAX_TOKEN_TEXTS])
+        detector = ProfileDetector(
+            baseline, labels=labels, margin=self.margin, token_text=self._tokens.text
+        ).fit()
+        detector._slow_pending = []  # the learning-end findings were raised by the run that learned
+        self.baseline = baseline
+        self.detector = detector
+        self._known = set(baseline.device_ids)
+        self._gateway = gateway
+        self.index = DeviceIndex(list(baseline.device_ids), gateway)
+        self.tracker.ip_names.update(ip_names)
+        self.first_ts, self.t_end = first_ts, t_end
+        self.restored = True
+        self._resume_pending = True
+
+    def _resume_schedules(self, t0: float) -> None:
+        """Learned schedules count as seen at ``t0`` (the monitor saw nothing while it was down)."""
+        self._resume_pending = False
+        for sch in self.baseline.periodicity.schedules.values():
+            sch.last_ts = max(sch.last_ts, t0)
 
     def _labels(self) -> list[str]:
         by_id = {d.device_id: d.label for d in self.tracker.devices()}

@@ -27,8 +27,15 @@
 * Canary results are stored per attack class in ``canary_runs`` (served by
   ``GET /integrity/canaries`` and shown on the dashboard).
 * Audit records (when an audit log is configured): ``serve.start``/``serve.stop``, ``model.load``
-  / ``model.refused``, ``baseline.learned``, ``baseline.reset`` (a restart relearns: the learned
-  baseline is not persisted as a model), ``canary.result``.
+  / ``model.refused``, ``baseline.learned``, ``baseline.saved``, ``baseline.restored`` /
+  ``baseline.refused`` / ``baseline.reset`` (see below), ``canary.result``.
+* The baseline learned at the learning end is saved (JSON + npz,
+  :mod:`iotsentry.baseline.persist`) as ``baseline/`` in the state folder, atomically, and
+  signed (:func:`~iotsentry.integrity.signing.sign_model_dir`) when a signing key is configured.
+  On start a saved baseline is loaded instead of learning again (``baseline.restored``): with a
+  keyring configured only if its signature verifies, else after its SHA-256 digests are checked.
+  A saved baseline that does not verify is refused (``baseline.refused`` and a
+  ``baseline-integrity`` alert) and the baseline is learned again (``baseline.reset``).
 * SIGTERM / SIGINT stop gracefully: the queue is drained, the open window is scored, devices
   and state are written. Logs are JSON lines on stderr: ``ts``, ``level``, ``event``, fields.
 
@@ -68,6 +75,8 @@ from iotsentry.store.records import CanaryResult
 __all__ = ["JsonLog", "Monitor", "MonitorStats", "build_monitor"]
 
 STATE_FILE = "state.json"
+BASELINE_DIR = "baseline"
+"""The saved baseline's folder in the state folder."""
 KILL_AFTER_COMMITS_ENV = "IOTSENTRY_TEST_KILL_AFTER_COMMITS"
 """Test hook: when set to ``N``, the process kills itself (SIGKILL) right after its ``N``-th store
 commit of a source state, before the sinks see that batch's alerts (tests of exactly-once)."""
@@ -168,9 +177,19 @@ class Monitor:
         site_id: str = "default",
         log: JsonLog | None = None,
         command: str = "serve",
+        persist_baseline: bool = True,
+        baseline_keyring: Path | None = None,
+        baseline_signing_key: Path | None = None,
     ) -> None:
         self.sources = sources
         self.engine = engine
+        self.persist_baseline = persist_baseline
+        """Save the learned baseline in the state folder, and restore it on start."""
+        self.baseline_keyring = baseline_keyring
+        """Trust store a saved baseline must verify against (``None``: digests only)."""
+        self.baseline_signing_key = baseline_signing_key
+        """Private key that signs the saved baseline (``None``: unsigned)."""
+        engine.snapshot_baseline = engine.snapshot_baseline or persist_baseline
         self.store = store
         self.state_dir = Path(state_dir)
         self.sinks = list(sinks or [])
@@ -227,10 +246,7 @@ class Monitor:
                 self.log(
                     "info", "source.resumed", source=name, packets=entry.get("packets", 0), origin=origin
                 )
-        if self._state.get("learned"):
-            self._audit("baseline.reset", "baseline", {"reason": "restart: the baseline is learned again"})
-            self.log("warning", "baseline.reset", reason="restart relearns the baseline")
-        self._state["learned"] = False
+        self._restore_baseline()
 
     def _save_state(self) -> None:
         _atomic_write_json(self.state_path, self._state)
@@ -353,6 +369,91 @@ class Monitor:
         self.log(
             "info", "baseline.learned", devices=len(baselines), mature=mature, learn_end=self.engine.t_end
         )
+        self._save_baseline()
+
+    # -- the saved baseline ----------------------------------------------------------------------
+    @property
+    def baseline_dir(self) -> Path:
+        """Where the learned baseline is saved."""
+        return self.state_dir / BASELINE_DIR
+
+    def _save_baseline(self) -> None:
+        """Write (and sign) the baseline the engine encoded at the learning end."""
+        files, self.engine.learned_snapshot = self.engine.learned_snapshot, None
+        if files is None or not self.persist_baseline:
+            return
+        from iotsentry.baseline.persist import write_baseline_files
+        from iotsentry.integrity.signing import IntegrityError, sign_model_dir
+
+        key, ring = self.baseline_signing_key, self.baseline_keyring
+
+        def sign(d: Path) -> None:
+            if key is not None:
+                sign_model_dir(d, key, keyring=ring)
+
+        try:
+            write_baseline_files(files, self.baseline_dir, finalize=sign)
+        except (OSError, ValueError, IntegrityError) as e:
+            self._audit("baseline.save_failed", str(self.baseline_dir), {"error": str(e)})
+            self.log("error", "baseline.save_failed", path=str(self.baseline_dir), error=str(e))
+            return
+        self._audit("baseline.saved", str(self.baseline_dir), {"signed": key is not None})
+        self.log("info", "baseline.saved", path=str(self.baseline_dir), signed=key is not None)
+        if key is None and ring is not None:
+            self.log("warning", "baseline.unsigned", reason="no signing key: a restart will refuse it")
+
+    def _restore_baseline(self) -> None:
+        """Start from the saved baseline if it verifies, else learn (``baseline.reset``)."""
+        from iotsentry.baseline.persist import load_baseline_with_metadata
+        from iotsentry.errors import InputError
+        from iotsentry.integrity.signing import IntegrityError, load_verified
+
+        was_learned = bool(self._state.get("learned"))
+        self._state["learned"] = False
+        path = self.baseline_dir
+        reason = "restart: no saved baseline, the baseline is learned again"
+        if self.persist_baseline and path.exists():
+            try:
+                if self.baseline_keyring is not None:
+                    baseline, meta = load_verified(path, self.baseline_keyring, load_baseline_with_metadata)
+                else:
+                    baseline, meta = load_baseline_with_metadata(path)
+                self.engine.restore(baseline, meta)
+            except (IntegrityError, InputError, ValueError, OSError) as e:
+                self._audit("baseline.refused", str(path), {"error": str(e)})
+                self.log("error", "baseline.refused", path=str(path), error=str(e))
+                if isinstance(e, IntegrityError | InputError):
+                    self.pending.append(
+                        integrity_alert(
+                            "baseline-integrity",
+                            f"refused to load the saved baseline {path}: {e}",
+                            ts=time.time(),
+                            detector="baseline-loader",
+                            site_id=self.site_id,
+                            extra={"baseline_dir": str(path)},
+                        )
+                    )
+                was_learned, reason = True, "the saved baseline was refused: the baseline is learned again"
+            else:
+                self._state["learned"] = True
+                signed = self.baseline_keyring is not None
+                details = {
+                    "devices": len(baseline.device_ids),
+                    "learn_end": self.engine.t_end,
+                    "signed": signed,
+                }
+                self._audit("baseline.restored", str(path), details)
+                self.log("info", "baseline.restored", path=str(path), **details)
+                if not signed:
+                    self.log(
+                        "warning",
+                        "baseline.unverified",
+                        reason="no keyring: digests checked, not a signature",
+                    )
+                return
+        if was_learned:
+            self._audit("baseline.reset", "baseline", {"reason": reason})
+            self.log("warning", "baseline.reset", reason=reason)
 
     def _integrity(self, out: EngineOutput) -> list[Alert]:
         """Drift and change-rate verdicts on the scored packets."""
@@ -582,6 +683,7 @@ def build_monitor(
                 )
             )
     engine = StreamEngine(cfg.learning_seconds, site_id=cfg.site_id, margin=cfg.margin, flow_model=flow_model)
+    keyring = cfg.state_keyring or cfg.model_keyring
     sources = {s.name: make_source(s) for s in cfg.sources}
     sinks = [sink_from_uri(s.uri) for s in cfg.sinks] + list(extra_sinks or [])
     mon = Monitor(
@@ -597,9 +699,38 @@ def build_monitor(
         inventory_interval_s=cfg.monitor.inventory_interval_s,
         site_id=cfg.site_id,
         log=log,
+        baseline_keyring=keyring,
+        baseline_signing_key=cfg.state_signing_key or _active_signing_key(keyring),
     )
     mon.pending = pending
     return mon
+
+
+def _active_signing_key(keyring: Path | None) -> Path | None:
+    """The private key file (``*.key``) of the keyring's active key, when it sits in the keyring's
+    folder and is readable (as ``iotsentry keys generate / rotate`` leave it); else ``None``."""
+    if keyring is None:
+        return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from iotsentry.integrity.signing import IntegrityError, key_id_of, load_keyring
+
+    try:
+        active = load_keyring(keyring).active
+    except IntegrityError:
+        return None
+    if active is None:
+        return None
+    folder = keyring if keyring.is_dir() else keyring.parent
+    for path in sorted(folder.glob("*.key")):
+        try:
+            priv = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(priv, Ed25519PrivateKey) and key_id_of(priv.public_key()) == active.key_id:
+            return path
+    return None
 
 
 def _load_model(

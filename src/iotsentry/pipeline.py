@@ -27,7 +27,7 @@ from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
 from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.reader import read_packets
-from iotsentry.detectors.profile import ProfileDetector
+from iotsentry.detectors.profile import Finding, ProfileDetector
 from iotsentry.features.app_tokens import TokenLog
 from iotsentry.features.device_context import WINDOW_S, DeviceIndex, packet_context
 from iotsentry.features.flowmeter import FlowMeter
@@ -109,6 +109,25 @@ def _split_at(b: PacketBatch, t: float) -> tuple[PacketBatch, PacketBatch]:
     if not before.any():
         return PacketBatch.empty(), b
     return b.take(before), b.take(~before)
+
+
+def finding_alert(policy: AlertPolicy, detector: ProfileDetector, f: Finding, device_ip: str) -> Alert | None:
+    """The alert (through ``policy``, which may fold it into an earlier one) of a profile finding."""
+    return policy.make(
+        ts=f.ts,
+        device_id=f.device_id,
+        detector=detector.name,
+        detector_version=detector.version,
+        score=f.score,
+        threshold=f.threshold,
+        category=f.category,
+        reason=f.reason,
+        src_ip=device_ip,
+        dest_ip=f.peer_ip,
+        dest_port=f.peer_port,
+        proto=PROTO_NAMES.get(f.proto, str(f.proto)),
+        extra={"feature": f.feature, "values": f.values},
+    )
 
 
 class Analyzer:
@@ -244,21 +263,8 @@ class Analyzer:
                     b, ctx, names, t_end
                 )
                 for f in found:
-                    dev_ip = devices[f.device].ips[0] if devices[f.device].ips else ""
-                    policy.make(
-                        ts=f.ts,
-                        device_id=f.device_id,
-                        detector=detector.name,
-                        detector_version=detector.version,
-                        score=f.score,
-                        threshold=f.threshold,
-                        category=f.category,
-                        reason=f.reason,
-                        src_ip=dev_ip,
-                        dest_ip=f.peer_ip,
-                        dest_port=f.peer_port,
-                        proto=PROTO_NAMES.get(f.proto, str(f.proto)),
-                        extra={"feature": f.feature, "values": f.values},
+                    finding_alert(
+                        policy, detector, f, devices[f.device].ips[0] if devices[f.device].ips else ""
                     )
             done += len(b)
             if progress:

@@ -57,7 +57,7 @@ from iotsentry.detectors.profile import Finding, ProfileDetector
 from iotsentry.features.app_tokens import token_hash, tokens_of
 from iotsentry.features.device_context import WINDOW_S, DeviceIndex, PacketContext, packet_context
 from iotsentry.inventory.devices import DeviceTracker
-from iotsentry.pipeline import PEER_MIN_WINDOWS
+from iotsentry.pipeline import PEER_MIN_WINDOWS, finding_alert
 from iotsentry.schema import PROTO_NAMES, Alert, AppEvent, Device, FlowBatch, PacketBatch, ip_to_str
 
 __all__ = ["EngineOutput", "FlowModelRunner", "StreamEngine", "load_flow_model_verified"]
@@ -448,22 +448,7 @@ class StreamEngine:
 
     def _alert(self, f: Finding, dev: Device | None) -> Alert | None:
         assert self.detector is not None
-        dev_ip = dev.ips[0] if dev is not None and dev.ips else ""
-        return self.policy.make(
-            ts=f.ts,
-            device_id=f.device_id,
-            detector=self.detector.name,
-            detector_version=self.detector.version,
-            score=f.score,
-            threshold=f.threshold,
-            category=f.category,
-            reason=f.reason,
-            src_ip=dev_ip,
-            dest_ip=f.peer_ip,
-            dest_port=f.peer_port,
-            proto=PROTO_NAMES.get(f.proto, str(f.proto)),
-            extra={"feature": f.feature, "values": f.values},
-        )
+        return finding_alert(self.policy, self.detector, f, dev.ips[0] if dev is not None and dev.ips else "")
 
     def _peer_groups(self, labels: list[str]) -> list[Alert]:
         """The batch pipeline's peer-group check, on the just-frozen profiles."""

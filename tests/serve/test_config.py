@@ -131,3 +131,26 @@ def test_check_config_prints_ok_or_the_one_line_problem(
     assert main(["--check-config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "learning.seconds" in err and str(bad) in err
+
+
+def test_the_shipped_example_config_is_valid_with_its_commented_sources_too(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "serve.example.toml"
+    cfg = load_config(example)
+    assert [s.kind for s in cfg.sources] == ["pcap-dir"] and cfg.api.enabled
+    assert cfg.audit_path is not None and cfg.audit_path.is_absolute()
+    # the commented-out alternatives are valid too once enabled
+    text = example.read_text()
+    enabled = "\n".join(
+        line[2:]
+        if line.startswith("# [[")
+        or line.startswith("# kind")
+        or line.startswith("# name")
+        or line.startswith("# host")
+        or line.startswith("# port")
+        or line.startswith("# uri")
+        else line
+        for line in text.splitlines()
+    )
+    (tmp_path / "all.toml").write_text(enabled)
+    full = load_config(tmp_path / "all.toml")
+    assert [s.kind for s in full.sources] == ["pcap-dir", "netflow"] and len(full.sinks) == 2

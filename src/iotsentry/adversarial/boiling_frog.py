@@ -28,10 +28,8 @@ packet is learned by both and none is scored as detection traffic.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from iotsentry.adversarial.problem_eval import (
     _threshold,
     _victim,
     analyze,
+    recipe_parser,
 )
 from iotsentry.adversarial.problem_frames import (
     Fields,
@@ -388,17 +387,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m iotsentry.adversarial.boiling_frog``."""
-    ap = argparse.ArgumentParser(
-        prog="iotsentry-boiling-frog", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    ap.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="Q1 recipe (repeatable)")
-    default_data = os.environ.get(
-        "IOTSENTRY_DATA", str(Path(__file__).resolve().parents[4] / "shared" / "data")
-    )
-    ap.add_argument("--data", type=Path, default=Path(default_data))
-    ap.add_argument("--work-dir", type=Path, default=Path("iotsentry-out/boiling-frog"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--fpr", type=float, default=DEFAULT_FPR)
+    ap = recipe_parser("iotsentry-boiling-frog", __doc__, "iotsentry-out/boiling-frog")
     ap.add_argument(
         "--r", type=float, action="append", help="final injection rate / attack rate (repeatable)"
     )

@@ -439,19 +439,23 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m iotsentry.adversarial.problem_eval``."""
-    ap = argparse.ArgumentParser(
-        prog="iotsentry-problem-eval", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+def recipe_parser(prog: str, doc: str | None, work_dir: str) -> argparse.ArgumentParser:
+    """The options the Q1-recipe red-team commands share: recipes, data, work dir, JSON, FPR."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0] if doc else None)
     ap.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="Q1 recipe (repeatable)")
     default_data = os.environ.get(
         "IOTSENTRY_DATA", str(Path(__file__).resolve().parents[4] / "shared" / "data")
     )
     ap.add_argument("--data", type=Path, default=Path(default_data))
-    ap.add_argument("--work-dir", type=Path, default=Path("iotsentry-out/problem-space"))
+    ap.add_argument("--work-dir", type=Path, default=Path(work_dir))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--fpr", type=float, default=DEFAULT_FPR)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m iotsentry.adversarial.problem_eval``."""
+    ap = recipe_parser("iotsentry-problem-eval", __doc__, "iotsentry-out/problem-space")
     args = ap.parse_args(argv)
     run_problem_eval(args.recipe or ["D1", "D3", "D5"], args.data, args.work_dir, args.json, args.fpr)
     return 0

@@ -16,43 +16,16 @@ import pytest
 from iotsentry.capture.live import LiveCapture
 from iotsentry.errors import InputError
 from iotsentry.schema import PacketBatch, ip_from_str
+from netns import subnet, veth_pair
 
-_NET = f"10.231.{os.getpid() % 250 + 1}"
-"""A subnet of its own per test process (concurrent runs must not share addresses)."""
-HOST_IP, NS_IP = f"{_NET}.1", f"{_NET}.2"
-
-
-def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+HOST_IP, NS_IP = subnet(231)
 
 
 @pytest.fixture
 def veth() -> Iterator[tuple[str, str]]:
     """(host-side interface, namespace name); everything is removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("live capture test needs root (network namespace + AF_PACKET)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 'ip' command not available")
-    tag = f"{os.getpid() % 100000}"
-    ns, host_if, ns_if = f"iots{tag}", f"iotsh{tag}", f"iotsn{tag}"
-    try:
-        _run("ip", "netns", "add", ns)
-    except (subprocess.CalledProcessError, OSError) as err:
-        pytest.skip(f"'ip netns' unavailable here: {getattr(err, 'stderr', b'')!r}")
-    try:
-        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        _run("ip", "link", "set", ns_if, "netns", ns)
-        _run("ip", "addr", "add", f"{HOST_IP}/24", "dev", host_if)
-        _run("ip", "link", "set", host_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{NS_IP}/24", "dev", ns_if)
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield host_if, ns
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"cannot build the veth pair: {err.stderr!r}")
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=20)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    with veth_pair("iots", HOST_IP, NS_IP) as pair:
+        yield pair
 
 
 SENDER = textwrap.dedent(

@@ -10,9 +10,7 @@ softflowd``), not root / no ``ip netns``, no PostgreSQL binaries, no real data.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -36,6 +34,7 @@ from iotsentry.schema import FlowBatch, ip_to_str
 from iotsentry.serve.config import load_config
 from iotsentry.serve.monitor import JsonLog, Monitor, MonitorStats, build_monitor
 from iotsentry.store import open_store
+from netns import subnet, veth_pair
 
 HUE = ("iot23", "pcap", "CTU-Honeypot-Capture-4-1", "2018-09-14-13-40-25-Philips-Hue-Bridge.pcap")
 MASSCAN = (
@@ -337,49 +336,16 @@ def test_netflow_flows_through_a_signed_model_become_stored_alerts(
 
 # ------------------------------------------------------------------------------ 2. interface
 
-_NET = f"10.232.{os.getpid() % 250 + 1}"
-"""A subnet of its own per test process (concurrent runs must not share addresses)."""
-HOST_IP, NS_IP = f"{_NET}.1", f"{_NET}.2"
+HOST_IP, NS_IP = subnet(232)
 BATCH = 50
 """``batch_size`` of the interface source: smaller than the scan's burst of frames."""
-
-
-def _ip(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
 
 @pytest.fixture
 def veth() -> Iterator[tuple[str, str]]:
     """(host-side interface, namespace name); everything is removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("live capture test needs root (network namespace + AF_PACKET)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 'ip' command not available")
-    tag = f"{os.getpid() % 100000}"
-    ns, host_if, ns_if = f"iotsv{tag}", f"iotsvh{tag}", f"iotsvn{tag}"
-    try:
-        _ip("ip", "netns", "add", ns)
-    except (subprocess.CalledProcessError, OSError) as err:
-        pytest.skip(f"'ip netns' unavailable here: {getattr(err, 'stderr', b'')!r}")
-    try:
-        _ip("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        _ip("ip", "link", "set", ns_if, "netns", ns)
-        for where in (f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6",):  # no ND / MLD chatter
-            with contextlib.suppress(OSError):
-                Path(where).write_text("1")
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _ip("ip", "netns", "exec", ns, "sysctl", "-w", f"net.ipv6.conf.{ns_if}.disable_ipv6=1")
-        _ip("ip", "addr", "add", f"{HOST_IP}/24", "dev", host_if)
-        _ip("ip", "link", "set", host_if, "up")
-        _ip("ip", "netns", "exec", ns, "ip", "addr", "add", f"{NS_IP}/24", "dev", ns_if)
-        _ip("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        _ip("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield host_if, ns
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"cannot build the veth pair: {err.stderr!r}")
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=20)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    with veth_pair("iotsv", HOST_IP, NS_IP, quiet_ipv6=True) as pair:
+        yield pair
 
 
 DNS_LIKE = textwrap.dedent(

@@ -23,6 +23,10 @@ def _eprint(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+_WARNED: set[str] = set()
+"""Warnings already printed: a damaged input is read once per pass, and is reported once."""
+
+
 def _warning_line(
     message: Warning | str,
     category: type[Warning],
@@ -31,7 +35,10 @@ def _warning_line(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    _eprint(f"warning: {message}")
+    text = f"warning: {message}"
+    if text not in _WARNED:
+        _WARNED.add(text)
+        _eprint(text)
 
 
 class _ProgressBar:

@@ -39,17 +39,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.adversarial.problem_checks import valid_capture
 from iotsentry.adversarial.problem_core import US, AttackerSelector, Cost, finish, roles
 from iotsentry.adversarial.problem_eval import (
-    ATTACKS,
     DEFAULT_FPR,
     _Context,
     _json_default,
-    _servers,
     _threshold,
-    _victim,
     analyze,
+    prepare_recipe,
     recipe_parser,
 )
 from iotsentry.adversarial.problem_frames import (
@@ -61,7 +58,7 @@ from iotsentry.adversarial.problem_frames import (
 )
 from iotsentry.detectors.stream import score_capture_with_model
 from iotsentry.evaluation.mix import Capture
-from iotsentry.evaluation.q1 import RECIPES, build_recipe
+from iotsentry.evaluation.q1 import RECIPES
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -260,30 +257,10 @@ def evaluate_boiling_frog(
     (model ``profile+guard``; the threshold is recalibrated on the benign capture with the guard).
     """
     recipe = RECIPES[name]
-    kind = ATTACKS.get(name, "cc")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    built = build_recipe(recipe, data_dir, work_dir)
-    pk = Packets.read(built.pcap, built.label, built.from_attack)
-    if len(pk) != len(built.index):
-        raise RuntimeError(f"{built.pcap}: {len(pk)} frames but {len(built.index)} labels")
-    # the same set-up as problem_eval.evaluate_recipe
-    servers = _servers(pk, AttackerSelector(recipe.victim_ip))
-    attacker = AttackerSelector(recipe.victim_ip, servers=servers, servers_controlled=kind == "cc")
-    clean = analyze(built.pcap, built.learn_seconds, drift_guard)
-    learn_end = float(clean.result.stats["learn_end"])
-    victim = _victim(clean.result, recipe.victim_ip)
+    ctx, clean = prepare_recipe(name, data_dir, work_dir, fpr, drift_guard)
+    kind, built, pk, attacker = ctx.kind, ctx.built, ctx.pk, ctx.attacker
+    learn_end, tau = ctx.learn_end, ctx.tau
     benign_path = data_dir / recipe.benign
-    benign = analyze(benign_path, built.learn_seconds, drift_guard)
-    if float(benign.result.stats["learn_end"]) != learn_end:
-        raise RuntimeError(f"{recipe.benign}: learning period differs from the mixed capture's")
-    tau = _threshold(benign.scores[benign.ts >= learn_end], fpr)
-    after = pk.ts_us / 1e6 >= learn_end
-    mal = after & (pk.label == 1)
-    clean_rate = float(np.mean(clean.scores[mal] > tau)) if mal.any() else math.nan
-    orig_bad = list(valid_capture(built.pcap).frames)
-    ctx = _Context(
-        name, kind, built, pk, attacker, servers, learn_end, victim, tau, fpr, clean_rate, orig_bad
-    )
 
     first_s = float(pk.ts_us.min()) / US
     stream_end = first_s + built.learn_seconds

@@ -71,6 +71,7 @@ __all__ = [
     "evaluate_recipe",
     "main",
     "markdown_table",
+    "prepare_recipe",
     "run_problem_eval",
 ]
 
@@ -204,6 +205,37 @@ def _apply(pk: Packets, attacker: AttackerSelector, p: Params | _Combined, seed:
     return compose(pk, attacker, steps, seed)
 
 
+def prepare_recipe(
+    name: str, data_dir: Path, work_dir: Path, fpr: float = DEFAULT_FPR, drift_guard: bool = False
+) -> tuple[_Context, Run]:
+    """Build a recipe's mixed capture, analyse it and its benign capture alone, and calibrate the
+    threshold at ``fpr`` of the benign capture: what every row of the recipe shares, and the run
+    of the unchanged mixed capture."""
+    recipe = RECIPES[name]
+    kind = ATTACKS.get(name, "cc")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    built = build_recipe(recipe, data_dir, work_dir)
+    pk = Packets.read(built.pcap, built.label, built.from_attack)
+    if len(pk) != len(built.index):
+        raise RuntimeError(f"{built.pcap}: {len(pk)} frames but {len(built.index)} labels")
+    servers = _servers(pk, AttackerSelector(recipe.victim_ip))
+    attacker = AttackerSelector(recipe.victim_ip, servers=servers, servers_controlled=kind == "cc")
+    clean = analyze(built.pcap, built.learn_seconds, drift_guard)
+    learn_end = float(clean.result.stats["learn_end"])
+    victim = _victim(clean.result, recipe.victim_ip)
+    benign = analyze(data_dir / recipe.benign, built.learn_seconds, drift_guard)
+    if float(benign.result.stats["learn_end"]) != learn_end:
+        raise RuntimeError(f"{recipe.benign}: learning period differs from the mixed capture's")
+    tau = _threshold(benign.scores[benign.ts >= learn_end], fpr)
+    mal = (pk.ts_us / 1e6 >= learn_end) & (pk.label == 1)
+    clean_rate = float(np.mean(clean.scores[mal] > tau)) if mal.any() else math.nan
+    orig_bad = list(valid_capture(built.pcap).frames)
+    context = _Context(
+        name, kind, built, pk, attacker, servers, learn_end, victim, tau, fpr, clean_rate, orig_bad
+    )
+    return context, clean
+
+
 def evaluate_recipe(
     name: str,
     data_dir: Path,
@@ -218,35 +250,13 @@ def evaluate_recipe(
     ``budgets`` maps a transformation name to parameter objects (default:
     :func:`default_budgets`); a ``list`` of parameter objects under any name is composed.
     """
-    recipe = RECIPES[name]
-    kind = ATTACKS.get(name, "cc")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    built = build_recipe(recipe, data_dir, work_dir)
-    pk = Packets.read(built.pcap, built.label, built.from_attack)
-    if len(pk) != len(built.index):
-        raise RuntimeError(f"{built.pcap}: {len(pk)} frames but {len(built.index)} labels")
-    probe = AttackerSelector(recipe.victim_ip)
-    servers = _servers(pk, probe)
-    attacker = AttackerSelector(recipe.victim_ip, servers=servers, servers_controlled=kind == "cc")
-    clean = analyze(built.pcap, built.learn_seconds)
-    learn_end = float(clean.result.stats["learn_end"])
-    victim = _victim(clean.result, recipe.victim_ip)
+    context, clean = prepare_recipe(name, data_dir, work_dir, fpr)
+    pk, attacker, built, learn_end = context.pk, context.attacker, context.built, context.learn_end
     assert clean.analyzer.baseline is not None
     base = clean.analyzer.baseline
-    budget = DeviceBudget.from_profile(base.profiles[base.device_ids.index(victim)])
-    benign = analyze(data_dir / recipe.benign, built.learn_seconds)
-    if float(benign.result.stats["learn_end"]) != learn_end:
-        raise RuntimeError(f"{recipe.benign}: learning period differs from the mixed capture's")
-    tau = _threshold(benign.scores[benign.ts >= learn_end], fpr)
-    after = pk.ts_us / 1e6 >= learn_end
-    mal = after & (pk.label == 1)
-    clean_rate = float(np.mean(clean.scores[mal] > tau)) if mal.any() else math.nan
-    orig_valid = valid_capture(built.pcap)
-    context = _Context(
-        name, kind, built, pk, attacker, servers, learn_end, victim, tau, fpr, clean_rate, orig_valid.frames
-    )
+    budget = DeviceBudget.from_profile(base.profiles[base.device_ids.index(context.victim)])
     rows = [context.row("clean", "none", pk, Cost(), clean, work_dir / f"{name}.pcap")]
-    plan = budgets if budgets is not None else default_budgets(kind, budget)
+    plan = budgets if budgets is not None else default_budgets(context.kind, budget)
     for transform, params in plan.items():
         for j, p in enumerate(params):
             steps: Params | _Combined = _Combined(tuple(p)) if isinstance(p, list) else p

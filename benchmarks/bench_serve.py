@@ -60,7 +60,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_monitor(pcaps: Path, root: Path, learn_s: float, batch: int) -> Any:
+def make_monitor(pcaps: Path, root: Path, learn_s: float, batch: int, source: str = "bench") -> Any:
     from iotsentry.alerts.jsonl import JsonlSink
     from iotsentry.capture.appfields import keep_raw_for_app_fields
     from iotsentry.capture.follow import PcapDirFollower
@@ -73,7 +73,7 @@ def make_monitor(pcaps: Path, root: Path, learn_s: float, batch: int) -> Any:
         PcapDirFollower(pcaps, "*.pcap", grace=0.1, batch_size=batch, with_raw=keep_raw_for_app_fields)
     )
     return Monitor(
-        {"bench": src},
+        {source: src},
         StreamEngine(learn_s),
         open_store(root / "store.db"),
         root / "state",
@@ -90,7 +90,13 @@ def ingest(mon: Any, total: int) -> float:
     t = threading.Thread(target=mon.run, kwargs={"handle_signals": False})
     t0 = time.perf_counter()
     t.start()
+    last, last_change = -1, time.monotonic()
     while mon.stats.packets < total and t.is_alive():
+        if mon.stats.packets != last:
+            last, last_change = mon.stats.packets, time.monotonic()
+        elif time.monotonic() - last_change > 60:
+            mon.stop()
+            raise RuntimeError(f"the monitor stalled at {last} of {total} packets")
         time.sleep(0.02)
     dt = time.perf_counter() - t0
     mon.stop()
@@ -190,8 +196,9 @@ def main() -> None:
             f"GET /alerts idle, {args.clients} clients: p50 {pct(idle, 50) * 1e3:.1f} ms, "
             f"p95 {pct(idle, 95) * 1e3:.1f} ms ({len(idle)} requests)"
         )
-        # second ingest writes into the served store (fresh state: every file is read again)
-        mon2 = make_monitor(root / "pcaps", run1, learn_s, args.batch)
+        # second ingest writes into the served store; another source name, so no offset is
+        # committed for it yet (every file is read again)
+        mon2 = make_monitor(root / "pcaps", run1, learn_s, args.batch, source="bench2")
         mon2.state_dir = root / "run2-state"
         stop = threading.Event()
         lat: list[float] = []

@@ -390,6 +390,9 @@ class Device:
     last_seen: float = 0.0
     packets: int = 0
     bytes: int = 0
+    visibility: dict[str, Any] = field(default_factory=dict)
+    """What the sensor can observe of this device's application fields, e.g.
+    ``{"dns_names": "observed" | "truncated" | "not seen", "snaplen": 96}`` (empty: unknown)."""
 
     @property
     def label(self) -> str:
@@ -401,12 +404,20 @@ class Device:
         return asdict(self)
 
 
-SEVERITY_NAMES = {1: "high", 2: "medium", 3: "low"}
+SEVERITY_NAMES = {1: "high", 2: "medium", 3: "low", 4: "info"}
+"""Alert severities (EVE convention: 1 is the most severe); 4 (info) is for notices."""
 
 
 @dataclass(slots=True)
 class Alert:
-    """An alert in the style of Suricata's eve.json (severity 1 = high, 3 = low)."""
+    """An alert in the style of Suricata's eve.json (severity 1 = high, 3 = low, 4 = info).
+
+    ``event_type`` is ``"alert"`` for traffic alerts, ``"notice"`` for notices (a device fell
+    silent or offline: severity 4, never an incident), ``"integrity"``/``"canary"`` for the
+    monitor's own. ``incident_id`` names the incident a traffic alert was folded into
+    (:mod:`iotsentry.alerts.incidents`; ``""``: none), and is written as the EVE record's
+    top-level ``"incident_id"`` when set.
+    """
 
     timestamp: float
     flow_id: int
@@ -427,6 +438,7 @@ class Alert:
     signature: str = ""
     event_type: str = "alert"
     extra: dict[str, Any] = field(default_factory=dict)
+    incident_id: str = ""
 
     def to_eve(self) -> dict[str, Any]:
         """The flat EVE-style JSON record."""
@@ -453,6 +465,8 @@ class Alert:
             },
             "schema_version": SCHEMA_VERSION,
         }
+        if self.incident_id:
+            rec["incident_id"] = self.incident_id
         if self.extra:
             rec["iotsentry"] = self.extra
         return rec

@@ -5,6 +5,11 @@ from the category), drops alerts below the configured minimum severity, fills in
 ``flow_id`` for correlation, and de-duplicates repeats: the same device, detector, category and
 destination within ``dedup_window_s`` seconds of a kept alert is not a new alert; it updates the
 kept alert's ``extra["count"]``, ``extra["first_ts"]`` and ``extra["last_ts"]`` instead.
+
+Notices are not alerts: a verdict whose category is a notice category (``silence``,
+``offline``: :data:`~iotsentry.alerts.incidents.NOTICE_CATEGORIES`) becomes a record with
+``event_type == "notice"`` and severity 4 (info), is never dropped by ``min_severity``, is
+de-duplicated like an alert, and is counted apart (:attr:`AlertPolicy.notices`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from iotsentry.alerts.incidents import NOTICE_CATEGORIES
 from iotsentry.schema import Alert
 
-HIGH, MEDIUM, LOW = 1, 2, 3
-"""Alert severities (EVE convention: 1 is the most severe)."""
+HIGH, MEDIUM, LOW, INFO = 1, 2, 3, 4
+"""Alert severities (EVE convention: 1 is the most severe); 4 (info) is for notices only."""
 
 CATEGORY_BOOST: dict[str, int] = {"flood": 1, "scan": 1, "slow-scan": 1, "brute-force": 1, "c2": 2}
 """How many severity levels a category starts above the score-based level."""
@@ -92,7 +98,7 @@ class AlertPolicy:
         window. A repeat that is *more severe* than the kept alert is never folded.
     min_severity
         Alerts whose severity number is above this (less severe) are dropped: 3 keeps all,
-        2 keeps medium and high, 1 keeps only high.
+        2 keeps medium and high, 1 keeps only high. Notices are never dropped.
     category_boost
         Per-category severity boost (defaults to :data:`CATEGORY_BOOST`).
     """
@@ -117,6 +123,8 @@ class AlertPolicy:
         self._latest: dict[str, Alert] = {}
         self.suppressed = 0
         """How many alerts were folded into a kept one."""
+        self.notices = 0
+        """How many notices were kept (they are in :meth:`alerts` too, with ``event_type "notice"``)."""
 
     def make(
         self,
@@ -142,8 +150,9 @@ class AlertPolicy:
         Returns
         -------
         Alert or None
-            The new alert, or ``None`` when it was below ``min_severity`` or folded into an
-            earlier alert (whose ``extra["count"]``/``extra["last_ts"]`` were updated).
+            The new alert (a notice for a notice category), or ``None`` when it was below
+            ``min_severity`` or folded into an earlier alert (whose ``extra["count"]`` /
+            ``extra["last_ts"]`` were updated).
 
         Raises
         ------
@@ -153,9 +162,13 @@ class AlertPolicy:
         ts, score, threshold = float(ts), float(score), float(threshold)
         if not (math.isfinite(ts) and math.isfinite(score) and math.isfinite(threshold)):
             raise ValueError(f"alert from {detector} needs finite ts, score and threshold")
-        severity = severity_for(score_ratio(score, threshold), category, self.category_boost)
-        if severity > self.min_severity:
-            return None
+        notice = category.strip().lower() in NOTICE_CATEGORIES
+        if notice:
+            severity = INFO
+        else:
+            severity = severity_for(score_ratio(score, threshold), category, self.category_boost)
+            if severity > self.min_severity:
+                return None
         info: dict[str, Any] = dict(extra or {})
         key = info.get("dedup_key")
         if not isinstance(key, str) or not key:
@@ -188,8 +201,11 @@ class AlertPolicy:
             severity=severity,
             category=category,
             reason=reason,
+            event_type="notice" if notice else "alert",
             extra=info,
         )
+        if notice:
+            self.notices += 1
         self._kept.append(alert)
         self._latest[key] = alert
         return alert

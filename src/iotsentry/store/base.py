@@ -20,12 +20,15 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self
 
+from iotsentry.alerts.incidents import Incident
 from iotsentry.alerts.policy import alert_dedup_key
 from iotsentry.schema import Alert, Device
 from iotsentry.store.dialect import SQLITE, Dialect
+from iotsentry.store.incidents import IncidentStore, fold_in_tx, write_incidents
 from iotsentry.store.records import (
     TOKEN_SCOPES,
     AlertAction,
+    AlertCommit,
     AlertQuery,
     ApiToken,
     CanaryResult,
@@ -90,8 +93,11 @@ class Executor:
         return cur
 
 
-class StoreBase:
+class StoreBase(IncidentStore):
     """The store's public operations over a backend's plumbing (see the module docstring).
+
+    The incident operations (:meth:`query_incidents`, :meth:`set_incident_status`,
+    :meth:`pending_feedback`, ...) come from :class:`~iotsentry.store.incidents.IncidentStore`.
 
     Subclasses set :attr:`dialect` and implement :meth:`_tx`, :meth:`_query`,
     :meth:`_schema_version` and :meth:`close`.
@@ -257,15 +263,35 @@ class StoreBase:
         alerts: Iterable[Alert],
         source_state: Mapping[str, Mapping[str, Any]] | None = None,
         outbox: bool = False,
+        *,
+        incidents: bool | Sequence[Incident] = True,
     ) -> int:
-        """Store alerts in one transaction, merging repeats; returns how many new rows were made.
+        """Store alerts (and their incidents) in one transaction; returns how many new rows were made.
+
+        The same as :meth:`commit_alerts`, which also tells what was folded and what the sinks get.
+        """
+        return self.commit_alerts(
+            run_id, alerts, source_state=source_state, outbox=outbox, incidents=incidents
+        ).new_rows
+
+    def commit_alerts(
+        self,
+        run_id: int | None,
+        alerts: Iterable[Alert],
+        *,
+        source_state: Mapping[str, Mapping[str, Any]] | None = None,
+        outbox: bool = False,
+        incidents: bool | Sequence[Incident] = True,
+    ) -> AlertCommit:
+        """Store alerts, fold them into incidents, and queue what sinks get: ONE transaction.
 
         An alert whose de-duplication key (``extra["dedup_key"]``, else device, detector,
         category, destination IP and port) is already stored adds its ``extra["count"]`` (1 when
         absent) to the row's count and widens ``first_ts``/``last_ts``; if it is more severe, its
         score, threshold, severity, reason and EVE record replace the stored ones; if it is newer
-        than the row's last activity, an acknowledged row is re-opened. Adding is not idempotent:
-        store each kept alert once (e.g. ``AlertPolicy.alerts()`` at the end of a run).
+        than the row's last activity, an acknowledged row is re-opened. The row links to the
+        alert's (latest) incident. Adding is not idempotent: store each kept alert once (e.g.
+        ``AlertPolicy.alerts()`` at the end of a run).
 
         Parameters
         ----------
@@ -280,73 +306,91 @@ class StoreBase:
             makes a monitor's processing of its sources exactly-once (see
             :meth:`get_source_state`). ``None`` or empty: no state is written.
         outbox
-            Also queue each alert, as given, in the outbox (same transaction) until
+            Also queue what the sinks get (:attr:`AlertCommit.to_sinks`: openings, escalations,
+            notices and integrity alerts, never a repeat) in the outbox (same transaction) until
             :meth:`outbox_done` says every sink has it; :meth:`outbox_pending` lists what a crash
-            left unsent, so sinks get every stored alert at least once.
+            left unsent, so sinks get every such record at least once.
+        incidents
+            ``True`` (default): fold the traffic alerts, in the given order, into the incidents
+            *stored* for their keys (:func:`~iotsentry.store.incidents.fold_in_tx`: the stored
+            status wins over any copy in memory) and set each alert's ``incident_id``. A sequence
+            of incidents: the caller folded the alerts already (their ``incident_id`` is set, e.g.
+            by a batch analysis); these incidents are written by id, an existing row keeping its
+            status and assignee; no alert counts as opening or escalating and ``to_sinks`` is empty
+            (the caller, which folded, feeds its sinks). ``False``: no incidents, and every alert
+            is for the sinks (the behaviour before incidents).
 
         Returns
         -------
-        int
-            How many new alert rows were made.
+        AlertCommit
+            New rows, per-alert events, incidents written and the records for the sinks.
         """
-        new_rows = 0
         alerts = list(alerts)
+        if outbox and not isinstance(incidents, bool):
+            raise ValueError("outbox needs the store to fold (incidents=True) or no incidents (False)")
+        result = AlertCommit()
         with self._tx() as c:
             if source_state:
                 self._put_source_state(c, source_state)
+            if isinstance(incidents, bool):
+                if incidents:
+                    result.events, result.incidents, result.to_sinks = fold_in_tx(c, alerts)
+                else:
+                    result.events, result.to_sinks = [(a, None) for a in alerts], list(alerts)
+            else:
+                result.incidents = list(incidents)
+                write_incidents(c, result.incidents, keep_status=True)
+                result.events = [(a, None) for a in alerts]
             if outbox:
                 now = time.time()
-                for a in alerts:
+                for a in result.to_sinks:
                     c.execute(
                         "INSERT INTO alert_outbox (queued, alert) VALUES (?, ?)",
                         (now, dumps_json(alert_record(a))),
                     )
             for a in alerts:
-                key = alert_dedup_key(a)
-                count = int(a.extra.get("count", 1)) if a.extra else 1
-                first = float(a.extra.get("first_ts", a.timestamp)) if a.extra else float(a.timestamp)
-                last = float(a.extra.get("last_ts", a.timestamp)) if a.extra else float(a.timestamp)
-                eve = dumps_json(a.to_eve())
-                row = c.execute(
-                    "SELECT id, severity, last_ts FROM alerts WHERE dedup_key = ?", (key,)
-                ).fetchone()
-                if row is None:
-                    c.execute(
-                        "INSERT INTO alerts (run_id, ts, device_id, site_id, detector, detector_version,"
-                        " category, severity, score, threshold, src_ip, src_port, dest_ip, dest_port, proto,"
-                        " flow_id, reason, eve, dedup_key, count, first_ts, last_ts)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            run_id, float(a.timestamp), a.device_id, a.site_id, a.detector,
-                            a.detector_version, a.category, int(a.severity), float(a.score),
-                            float(a.threshold), a.src_ip, int(a.src_port), a.dest_ip, int(a.dest_port),
-                            a.proto, int(a.flow_id), a.reason, eve, key, count,
-                            min(first, float(a.timestamp)), max(last, float(a.timestamp)),
-                        ),
-                    )  # fmt: skip
-                    new_rows += 1
-                    continue
-                c.execute(
-                    f"UPDATE alerts SET count = count + ?, first_ts = {self.dialect.least}(first_ts, ?),"
-                    f" last_ts = {self.dialect.greatest}(last_ts, ?),"
-                    " acknowledged = CASE WHEN ? > last_ts THEN 0 ELSE acknowledged END WHERE id = ?",
-                    (count, first, last, last, row["id"]),
-                )
-                if int(a.severity) < int(row["severity"]):
-                    c.execute(
-                        "UPDATE alerts SET severity = ?, score = ?, threshold = ?, reason = ?, eve = ?,"
-                        " run_id = COALESCE(?, run_id) WHERE id = ?",
-                        (
-                            int(a.severity),
-                            float(a.score),
-                            float(a.threshold),
-                            a.reason,
-                            eve,
-                            run_id,
-                            row["id"],
-                        ),
-                    )
-        return new_rows
+                result.new_rows += self._put_alert(c, run_id, a)
+        return result
+
+    def _put_alert(self, c: Executor, run_id: int | None, a: Alert) -> int:
+        """Insert an alert row, or merge it into the row of its de-duplication key; 1 if new."""
+        key = alert_dedup_key(a)
+        count = int(a.extra.get("count", 1)) if a.extra else 1
+        first = float(a.extra.get("first_ts", a.timestamp)) if a.extra else float(a.timestamp)
+        last = float(a.extra.get("last_ts", a.timestamp)) if a.extra else float(a.timestamp)
+        eve = dumps_json(a.to_eve())
+        incident = a.incident_id or None
+        row = c.execute("SELECT id, severity, last_ts FROM alerts WHERE dedup_key = ?", (key,)).fetchone()
+        if row is None:
+            c.execute(
+                "INSERT INTO alerts (run_id, ts, device_id, site_id, detector, detector_version,"
+                " category, severity, score, threshold, src_ip, src_port, dest_ip, dest_port, proto,"
+                " flow_id, reason, eve, dedup_key, count, first_ts, last_ts, incident_id, event_type)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id, float(a.timestamp), a.device_id, a.site_id, a.detector,
+                    a.detector_version, a.category, int(a.severity), float(a.score),
+                    float(a.threshold), a.src_ip, int(a.src_port), a.dest_ip, int(a.dest_port),
+                    a.proto, int(a.flow_id), a.reason, eve, key, count,
+                    min(first, float(a.timestamp)), max(last, float(a.timestamp)), incident,
+                    a.event_type,
+                ),
+            )  # fmt: skip
+            return 1
+        c.execute(
+            f"UPDATE alerts SET count = count + ?, first_ts = {self.dialect.least}(first_ts, ?),"
+            f" last_ts = {self.dialect.greatest}(last_ts, ?),"
+            " acknowledged = CASE WHEN ? > last_ts THEN 0 ELSE acknowledged END,"
+            " incident_id = COALESCE(?, incident_id) WHERE id = ?",
+            (count, first, last, last, incident, row["id"]),
+        )
+        if int(a.severity) < int(row["severity"]):
+            c.execute(
+                "UPDATE alerts SET severity = ?, score = ?, threshold = ?, reason = ?, eve = ?,"
+                " run_id = COALESCE(?, run_id) WHERE id = ?",
+                (int(a.severity), float(a.score), float(a.threshold), a.reason, eve, run_id, row["id"]),
+            )
+        return 0
 
     # -- source state (exactly-once offsets of a monitor's sources) ------------------------------
 
@@ -571,8 +615,16 @@ class StoreBase:
         return stored_alert(rows[0]) if rows else None
 
     def alert_summary(self, query: AlertQuery | None = None) -> dict[str, Any]:
-        """Counts of matching alerts: total, open, by severity, by category and by device."""
-        where, params = alert_where(query or AlertQuery())
+        """Counts of matching alerts: total, open, by severity, by category and by device.
+
+        Notices are not security alerts: unless the query names event types, they are left out of
+        these counts and counted apart in ``notices`` (``{"total", "open"}``, same filters).
+        """
+        q = query or AlertQuery()
+        where, params = alert_where(q)
+        base = " WHERE " + " AND ".join([*where, "event_type = 'notice'"])
+        if not q.event_types:
+            where = [*where, "event_type <> 'notice'"]
         cond = " WHERE " + " AND ".join(where) if where else ""
         head = self._query(
             "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN acknowledged = 0 THEN 1 ELSE 0 END), 0) AS open_n"
@@ -589,6 +641,12 @@ class StoreBase:
                 params,
             )
             out[key] = [{"key": r["k"], "total": int(r["n"]), "open": int(r["open_n"])} for r in rows]
+        notes = self._query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN acknowledged = 0 THEN 1 ELSE 0 END), 0) AS open_n"
+            f" FROM alerts{base}",
+            params,
+        )[0]
+        out["notices"] = {"total": int(notes["n"]), "open": int(notes["open_n"])}
         return out
 
     def set_alert_acknowledged(

@@ -194,6 +194,74 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        "incidents: alerts folded per (site, device, cause), their audit trail, notices apart from"
+        " alerts, and baseline feedback requests from incidents marked expected",
+        (
+            """
+            CREATE TABLE incidents (
+                id TEXT PRIMARY KEY,
+                site_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                cause TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'open'
+                    CHECK (status IN ('open', 'acknowledged', 'expected', 'resolved')),
+                severity INTEGER NOT NULL,
+                first_ts REAL NOT NULL,
+                last_ts REAL NOT NULL,
+                count INTEGER NOT NULL DEFAULT 0,
+                categories TEXT NOT NULL DEFAULT '[]',
+                evidence TEXT NOT NULL DEFAULT '[]',
+                evidence_kinds TEXT NOT NULL DEFAULT '[]',
+                assignee TEXT,
+                previous_id TEXT,
+                updated REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX incidents_key ON incidents (site_id, device_id, cause, last_ts)",
+            "CREATE INDEX incidents_status ON incidents (status, last_ts)",
+            "CREATE INDEX incidents_last_ts ON incidents (last_ts)",
+            "CREATE INDEX incidents_device ON incidents (device_id, last_ts)",
+            """
+            CREATE TABLE incident_actions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                incident_id TEXT NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+                action TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                actor_token_id INTEGER,
+                at REAL NOT NULL,
+                value TEXT,
+                note TEXT
+            )
+            """,
+            "CREATE INDEX incident_actions_incident ON incident_actions (incident_id, at)",
+            """
+            CREATE TABLE baseline_feedback (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                incident_id TEXT NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+                device_id TEXT NOT NULL,
+                scope TEXT NOT NULL CHECK (scope IN ('device', 'group')),
+                action TEXT NOT NULL CHECK (action IN ('absorb', 'revert')),
+                evidence TEXT NOT NULL DEFAULT '{}',
+                created REAL NOT NULL,
+                created_by TEXT NOT NULL,
+                applied_at REAL,
+                result TEXT
+            )
+            """,
+            "CREATE INDEX baseline_feedback_pending ON baseline_feedback (applied_at, id)",
+            "CREATE INDEX baseline_feedback_incident ON baseline_feedback (incident_id, id)",
+            "ALTER TABLE alerts ADD COLUMN incident_id TEXT",
+            "ALTER TABLE alerts ADD COLUMN event_type TEXT NOT NULL DEFAULT 'alert'",
+            "CREATE INDEX alerts_incident ON alerts (incident_id)",
+            "CREATE INDEX alerts_event_type ON alerts (event_type, last_ts)",
+            # existing rows: the event type their EVE record names (written compactly by dumps_json,
+            # so the top-level key reads exactly like this; a quote inside a string is escaped)
+            "UPDATE alerts SET event_type = 'integrity' WHERE eve LIKE '%\"event_type\":\"integrity\"%'",
+            "UPDATE alerts SET event_type = 'canary' WHERE eve LIKE '%\"event_type\":\"canary\"%'",
+            "UPDATE alerts SET event_type = 'notice' WHERE category IN ('silence', 'offline')",
+        ),
+    ),
 )
 """The schema steps of this version of iotsentry, oldest first. Append, never edit."""
 

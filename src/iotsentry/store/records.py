@@ -7,23 +7,33 @@ fills them today and a PostgreSQL backend will fill the same ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from iotsentry.schema import Device
+from iotsentry.alerts.incidents import Incident
+from iotsentry.schema import Alert, Device
 
 __all__ = [
+    "FEEDBACK_SCOPES",
     "TOKEN_SCOPES",
     "AlertAction",
+    "AlertCommit",
     "AlertQuery",
     "ApiToken",
+    "BaselineFeedback",
     "CanaryResult",
     "DeviceQuery",
     "DeviceSummary",
+    "IncidentAction",
+    "IncidentQuery",
 ]
 
 TOKEN_SCOPES = ("read", "admin")
 """The scopes an API token can have; ``admin`` implies ``read``."""
+
+FEEDBACK_SCOPES = ("device", "group")
+"""Where marking an incident expected absorbs its behaviour: the device's own baseline, or every
+device of its type / peer group."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,11 @@ class AlertQuery:
         Only alerts assigned to exactly this person.
     run_id
         Only alerts (last) written by this run.
+    event_types
+        Only alerts of these event types (``alert``, ``notice``, ``integrity``, ``canary``;
+        empty: any).
+    incident_id
+        Only the alerts (last) folded into this incident.
     """
 
     device_id: str | None = None
@@ -92,6 +107,40 @@ class AlertQuery:
     assigned: bool | None = None
     assignee: str | None = None
     run_id: int | None = None
+    event_types: Sequence[str] = ()
+    incident_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentQuery:
+    """Filters of :meth:`StoreBase.query_incidents`; every field left at its default does not filter.
+
+    Parameters
+    ----------
+    statuses
+        Only incidents with one of these statuses (empty: any).
+    device_id
+        Only this device's incidents.
+    causes
+        Only these causes (empty: any).
+    min_severity
+        Only incidents at least this severe: ``severity <= min_severity`` (1 keeps only high).
+    since, until
+        Only incidents active in the range: ``last_ts >= since`` and ``first_ts <= until``.
+    assignee
+        Only incidents assigned to exactly this person.
+    site_id
+        Only this site's incidents.
+    """
+
+    statuses: Sequence[str] = ()
+    device_id: str | None = None
+    causes: Sequence[str] = ()
+    min_severity: int | None = None
+    since: float | None = None
+    until: float | None = None
+    assignee: str | None = None
+    site_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +176,8 @@ class DeviceQuery:
 
 @dataclass(frozen=True, slots=True)
 class DeviceSummary:
-    """A device with its latest baseline's maturity and its alert counts."""
+    """A device with its latest baseline's maturity, its alert counts (notices apart) and how
+    many of its incidents are open or acknowledged."""
 
     device: Device
     maturity: float | None
@@ -136,6 +186,8 @@ class DeviceSummary:
     baseline_updated: float | None
     open_alerts: int
     alerts: int
+    notices: int = 0
+    open_incidents: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +250,114 @@ class CanaryResult:
     device_id: str = ""
     canary_run: str = ""
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentAction:
+    """One entry of an incident's audit trail (acknowledge, expect, resolve, reopen, assign,
+    unassign; ``escalate`` when new evidence re-opened an acknowledged incident)."""
+
+    id: int
+    incident_id: str
+    action: str
+    actor: str
+    actor_token_id: int | None
+    at: float
+    value: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "id": self.id,
+            "incident_id": self.incident_id,
+            "action": self.action,
+            "actor": self.actor,
+            "actor_token_id": self.actor_token_id,
+            "at": self.at,
+            "value": self.value,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineFeedback:
+    """A request to absorb (or stop absorbing) an incident's behaviour into a baseline.
+
+    Written by :meth:`StoreBase.set_incident_status`: ``absorb`` when an operator marks an
+    incident expected, ``revert`` when an expected incident is moved to another status. The
+    baseline stage applies pending rows (:meth:`StoreBase.pending_feedback`) and records the
+    outcome (:meth:`StoreBase.mark_feedback_applied`).
+
+    Attributes
+    ----------
+    id
+        Row id (applied in id order).
+    incident_id, device_id
+        The incident and its device.
+    scope
+        ``device`` (its own baseline) or ``group`` (every device of its type / peer group).
+    action
+        ``absorb`` or ``revert``.
+    evidence
+        ``{"cause", "categories", "evidence_kinds", "evidence", "severity", "count", "first_ts",
+        "last_ts", "site_id", "device_type"}``: what the incident saw (``evidence`` is its list
+        of samples, each with ``ts``, ``category``, ``detector``, ``reason``, ``dest_ip``,
+        ``dest_port``, ``proto``, ``score``, ``severity`` and ``feature`` when known).
+    created, created_by
+        When and by whom (the token's name, or the CLI user).
+    applied_at, result
+        When the baseline stage applied it and what it reported (``None`` while pending).
+    """
+
+    id: int
+    incident_id: str
+    device_id: str
+    scope: str
+    action: str
+    evidence: dict[str, Any]
+    created: float
+    created_by: str
+    applied_at: float | None = None
+    result: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "id": self.id,
+            "incident_id": self.incident_id,
+            "device_id": self.device_id,
+            "scope": self.scope,
+            "action": self.action,
+            "evidence": self.evidence,
+            "created": self.created,
+            "created_by": self.created_by,
+            "applied_at": self.applied_at,
+            "result": self.result,
+        }
+
+
+@dataclass(slots=True)
+class AlertCommit:
+    """What :meth:`StoreBase.commit_alerts` stored in its one transaction.
+
+    Attributes
+    ----------
+    new_rows
+        New alert rows (repeats merge into existing rows).
+    events
+        ``(alert, event)`` for every alert given, in order: ``"opened"`` / ``"escalated"`` when it
+        opened or escalated an incident, ``None`` otherwise (a repeat, a notice, an integrity
+        alert, or incidents given by the caller).
+    incidents
+        The incidents written, in the order they first changed (their state after the commit).
+    to_sinks
+        What alert sinks get (and what the outbox queued): each alert that opened or escalated an
+        incident (:func:`~iotsentry.alerts.incidents.sink_alert`: with the incident's id,
+        status and count), each notice and each integrity/canary alert once; never a repeat.
+    """
+
+    new_rows: int = 0
+    events: list[tuple[Alert, str | None]] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+    to_sinks: list[Alert] = field(default_factory=list)

@@ -13,8 +13,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from iotsentry.alerts.incidents import Incident
 from iotsentry.schema import Alert, Device
-from iotsentry.store.records import AlertQuery, ApiToken, DeviceSummary
+from iotsentry.store.records import (
+    AlertQuery,
+    ApiToken,
+    BaselineFeedback,
+    DeviceSummary,
+    IncidentAction,
+    IncidentQuery,
+)
 
 __all__ = [
     "DEVICE_SUMMARY_COLUMNS",
@@ -29,6 +37,11 @@ __all__ = [
     "device_params",
     "device_summary",
     "dumps_json",
+    "feedback_from_row",
+    "incident_action_from_row",
+    "incident_from_row",
+    "incident_params",
+    "incident_where",
     "like_pattern",
     "merge_devices",
     "run_dict",
@@ -86,7 +99,8 @@ def merge_devices(old: Device, new: Device) -> Device:
     Lists (names, IPs, DNS names, ...) are unioned; ``first_seen`` is the earliest and
     ``last_seen`` the latest non-zero time; packet and byte counters are added; MAC, vendor and
     device type take the new value when it has one (the type with its confidence); DHCP fields
-    are merged with the new values winning; ``is_gateway`` stays true once seen.
+    are merged with the new values winning; ``is_gateway`` stays true once seen; ``visibility``
+    is merged field by field, the new values winning.
     """
     seen_first = [t for t in (old.first_seen, new.first_seen) if t]
     seen_last = [t for t in (old.last_seen, new.last_seen) if t]
@@ -110,6 +124,7 @@ def merge_devices(old: Device, new: Device) -> Device:
         last_seen=max(seen_last) if seen_last else 0.0,
         packets=int(old.packets) + int(new.packets),
         bytes=int(old.bytes) + int(new.bytes),
+        visibility={**old.visibility, **new.visibility},
     )
 
 
@@ -135,6 +150,7 @@ def device_from_row(row: Row) -> Device:
         last_seen=float(row["last_seen"]),
         packets=int(row["packets"]),
         bytes=int(row["bytes"]),
+        visibility=dict(extra.get("visibility", {})),
     )
 
 
@@ -143,6 +159,8 @@ def device_params(d: Device) -> dict[str, Any]:
     extra: dict[str, Any] = {k: list(getattr(d, k)) for k in _DEVICE_EXTRA_LISTS}
     extra["type_confidence"] = float(d.type_confidence)
     extra["is_local"] = bool(d.is_local)
+    if d.visibility:
+        extra["visibility"] = dict(d.visibility)
     return {
         "device_id": d.device_id,
         "mac": d.mac,
@@ -191,6 +209,7 @@ class StoredAlert:
             "last_ts": self.last_ts,
             "acknowledged": self.acknowledged,
             "assignee": self.assignee,
+            "incident_id": self.alert.incident_id or None,
             "eve": self.alert.to_eve(),
         }
 
@@ -222,6 +241,7 @@ def stored_alert(row: Row) -> StoredAlert:
         signature="" if signature == row["category"] else signature,
         event_type=str(eve.get("event_type", "alert")),
         extra=extra,
+        incident_id=str(_get(row, "incident_id") or ""),
     )
     return StoredAlert(
         id=int(row["id"]),
@@ -236,11 +256,22 @@ def stored_alert(row: Row) -> StoredAlert:
     )
 
 
+def _get(row: Row, key: str) -> Any:
+    """``row[key]``, or ``None`` when the row has no such column."""
+    return row[key] if key in row.keys() else None  # noqa: SIM118 (Row)
+
+
 DEVICE_SUMMARY_COLUMNS = (  # the select list of DeviceSummary rows (devices d, latest baselines lb)
     "SELECT d.*, lb.maturity AS lb_maturity, lb.mature AS lb_mature, lb.run_id AS lb_run_id,"
     " lb.updated AS lb_updated,"
-    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id) AS n_alerts,"
-    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id AND a.acknowledged = 0) AS n_open"
+    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id AND a.event_type <> 'notice')"
+    " AS n_alerts,"
+    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id AND a.acknowledged = 0"
+    " AND a.event_type <> 'notice') AS n_open,"
+    " (SELECT COUNT(*) FROM alerts a WHERE a.device_id = d.device_id AND a.event_type = 'notice')"
+    " AS n_notices,"
+    " (SELECT COUNT(*) FROM incidents i WHERE i.device_id = d.device_id"
+    " AND i.status IN ('open', 'acknowledged')) AS n_incidents"
 )
 
 
@@ -254,6 +285,8 @@ def device_summary(r: Row) -> DeviceSummary:
         baseline_updated=None if r["lb_updated"] is None else float(r["lb_updated"]),
         open_alerts=int(r["n_open"]),
         alerts=int(r["n_alerts"]),
+        notices=int(r["n_notices"]),
+        open_incidents=int(r["n_incidents"]),
     )
 
 
@@ -291,7 +324,109 @@ def alert_where(q: AlertQuery) -> tuple[list[str], list[Any]]:
     if q.run_id is not None:
         where.append("run_id = ?")
         params.append(int(q.run_id))
+    if q.event_types:
+        where.append(f"event_type IN ({', '.join('?' for _ in q.event_types)})")
+        params += list(q.event_types)
+    if q.incident_id is not None:
+        where.append("incident_id = ?")
+        params.append(q.incident_id)
     return where, params
+
+
+def incident_where(q: IncidentQuery) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and parameters for an :class:`IncidentQuery`."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, values in (("status", q.statuses), ("cause", q.causes)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params += list(values)
+    for column, value in (("device_id", q.device_id), ("assignee", q.assignee), ("site_id", q.site_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if q.min_severity is not None:
+        where.append("severity <= ?")
+        params.append(int(q.min_severity))
+    if q.since is not None:
+        where.append("last_ts >= ?")
+        params.append(float(q.since))
+    if q.until is not None:
+        where.append("first_ts <= ?")
+        params.append(float(q.until))
+    return where, params
+
+
+def incident_params(inc: Incident) -> dict[str, Any]:
+    """The named parameters of an ``incidents`` row for ``inc``."""
+    return {
+        "id": inc.incident_id,
+        "site_id": inc.site_id,
+        "device_id": inc.device_id,
+        "cause": inc.cause,
+        "status": inc.status,
+        "severity": int(inc.severity),
+        "first_ts": float(inc.first_ts),
+        "last_ts": float(inc.last_ts),
+        "count": int(inc.count),
+        "categories": dumps_json(list(inc.categories)),
+        "evidence": dumps_json(list(inc.evidence)),
+        "evidence_kinds": dumps_json(list(inc.evidence_kinds)),
+        "assignee": inc.assignee,
+        "previous_id": inc.previous_id or None,
+        "updated": float(inc.updated),
+    }
+
+
+def incident_from_row(r: Row) -> Incident:
+    """An ``incidents`` row as an :class:`~iotsentry.alerts.incidents.Incident`."""
+    return Incident(
+        incident_id=r["id"],
+        site_id=r["site_id"],
+        device_id=r["device_id"],
+        cause=r["cause"],
+        status=r["status"],
+        severity=int(r["severity"]),
+        first_ts=float(r["first_ts"]),
+        last_ts=float(r["last_ts"]),
+        count=int(r["count"]),
+        categories=list(json.loads(r["categories"])),
+        evidence=list(json.loads(r["evidence"])),
+        evidence_kinds=list(json.loads(r["evidence_kinds"])),
+        assignee=r["assignee"],
+        previous_id=r["previous_id"] or "",
+        updated=float(r["updated"]),
+    )
+
+
+def incident_action_from_row(r: Row) -> IncidentAction:
+    """An ``incident_actions`` row as an :class:`IncidentAction`."""
+    return IncidentAction(
+        id=int(r["id"]),
+        incident_id=r["incident_id"],
+        action=r["action"],
+        actor=r["actor"],
+        actor_token_id=r["actor_token_id"],
+        at=float(r["at"]),
+        value=r["value"],
+        note=r["note"],
+    )
+
+
+def feedback_from_row(r: Row) -> BaselineFeedback:
+    """A ``baseline_feedback`` row as a :class:`BaselineFeedback`."""
+    return BaselineFeedback(
+        id=int(r["id"]),
+        incident_id=r["incident_id"],
+        device_id=r["device_id"],
+        scope=r["scope"],
+        action=r["action"],
+        evidence=dict(json.loads(r["evidence"])),
+        created=float(r["created"]),
+        created_by=r["created_by"],
+        applied_at=None if r["applied_at"] is None else float(r["applied_at"]),
+        result=r["result"],
+    )
 
 
 def baseline_dict(r: Row, include_profile: bool) -> dict[str, Any]:

@@ -311,7 +311,7 @@ class StoreBase(IncidentStore):
             :meth:`outbox_done` says every sink has it; :meth:`outbox_pending` lists what a crash
             left unsent, so sinks get every such record at least once.
         incidents
-            ``True`` (default): fold the traffic alerts, in the given order, into the incidents
+            ``True`` (default): fold the traffic alerts, in time order, into the incidents
             *stored* for their keys (:func:`~iotsentry.store.incidents.fold_in_tx`: the stored
             status wins over any copy in memory) and set each alert's ``incident_id``. A sequence
             of incidents: the caller folded the alerts already (their ``incident_id`` is set, e.g.

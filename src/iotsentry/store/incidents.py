@@ -130,7 +130,11 @@ def _record_action(
 def fold_in_tx(
     c: Executor, alerts: Sequence[Alert]
 ) -> tuple[list[tuple[Alert, str | None]], list[Incident], list[Alert]]:
-    """Fold ``alerts`` (in the given order) against the stored incidents and write them back.
+    """Fold ``alerts`` against the stored incidents and write them back.
+
+    The alerts are folded in time order (ties: the given order), as a batch analysis folds a
+    whole run, so an alert a detector reports late within a batch does not change which alert
+    opened the incident (nor its id).
 
     Returns
     -------
@@ -144,13 +148,15 @@ def fold_in_tx(
     book = IncidentBook(stored)
     events: list[tuple[Alert, str | None]] = []
     to_sinks: list[Alert] = []
-    for a in alerts:
+    for a in sorted(alerts, key=lambda x: x.timestamp):
         event = book.fold(a)
         events.append((a, event))
         if not forms_incident(a):
             to_sinks.append(a)  # a notice or an integrity alert: once each, as it is
         elif event is not None:
             to_sinks.append(sink_alert(a, book.incident_of(a), event))
+    position = {id(a): i for i, a in enumerate(alerts)}
+    events.sort(key=lambda e: position[id(e[0])])
     changed = book.changed()
     write_incidents(c, changed, keep_status=False)
     now = time.time()

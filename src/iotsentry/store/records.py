@@ -346,7 +346,8 @@ class AlertCommit:
     new_rows
         New alert rows (repeats merge into existing rows).
     events
-        ``(alert, event)`` for every alert given, in order: ``"opened"`` / ``"escalated"`` when it
+        ``(alert, event)`` for every alert given, in the given order (they are folded in time
+        order): ``"opened"`` / ``"escalated"`` when it
         opened or escalated an incident, ``None`` otherwise (a repeat, a notice, an integrity
         alert, or incidents given by the caller).
     incidents
@@ -354,7 +355,8 @@ class AlertCommit:
     to_sinks
         What alert sinks get (and what the outbox queued): each alert that opened or escalated an
         incident (:func:`~iotsentry.alerts.incidents.sink_alert`: with the incident's id,
-        status and count), each notice and each integrity/canary alert once; never a repeat.
+        status and count), each notice and each integrity/canary alert once; never a repeat;
+        in time order.
     """
 
     new_rows: int = 0

@@ -53,11 +53,13 @@ def batches() -> list[Tagged]:
 
 
 def tag_alert(tag: int) -> Alert:
-    """The one alert the engine raises for batch ``tag`` (its own de-duplication key)."""
+    """The one alert the engine raises for batch ``tag``: its own de-duplication key, and its own
+    device, so each opens an incident (sinks get openings, never repeats)."""
     return Alert(
         timestamp=1000.0 + tag, flow_id=tag, src_ip="10.0.0.2", src_port=5000, dest_ip="203.0.113.9",
-        dest_port=1000 + tag, proto="TCP", device_id="aa:bb:cc:dd:ee:01", site_id="s", detector="tagger",
-        detector_version="1", score=2.0, threshold=1.0, severity=2, category="test", reason=f"batch {tag}",
+        dest_port=1000 + tag, proto="TCP", device_id=f"aa:bb:cc:dd:ee:{tag:02x}", site_id="s",
+        detector="tagger", detector_version="1", score=2.0, threshold=1.0, severity=2, category="test",
+        reason=f"batch {tag}",
     )  # fmt: skip
 
 
@@ -124,6 +126,14 @@ def stored_tags(target: str) -> dict[int, int]:
         return {r.alert.flow_id: r.count for r in store.get_alerts(limit=10_000)}
 
 
+def stored_incidents(target: str) -> dict[str, int]:
+    """device -> count of its stored incident (each tag's alert opens one)."""
+    with open_store(target) as store:
+        items, total = store.query_incidents(limit=10_000)
+    assert total == len({i.device_id for i in items})  # one incident per device, never a second
+    return {i.device_id: i.count for i in items}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty store: a SQLite file, or a fresh schema of the test PostgreSQL server."""
@@ -135,8 +145,10 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def check_restart_is_exactly_once(target: str, state_dir: Path, first_sink_tags: list[int]) -> None:
     """Restart after a crash at :data:`CRASH_AT`: nothing re-read, nothing skipped."""
-    # the crash left: alerts 0..CRASH_AT stored once each and the position after CRASH_AT committed
+    # the crash left: alerts 0..CRASH_AT stored once each (with their incidents) and the position
+    # after CRASH_AT committed
     assert stored_tags(target) == {t: 1 for t in range(CRASH_AT + 1)}
+    assert stored_incidents(target) == {tag_alert(t).device_id: 1 for t in range(CRASH_AT + 1)}
     with open_store(target) as store:
         committed = store.get_source_state()["fake"]
     assert committed["state"] == {"pos": CRASH_AT + 1}
@@ -159,9 +171,10 @@ def check_restart_is_exactly_once(target: str, state_dir: Path, first_sink_tags:
     assert stats.batches == N_BATCHES - CRASH_AT - 1
     resumed = [json.loads(x) for x in log.getvalue().splitlines() if '"source.resumed"' in x]
     assert resumed and resumed[0]["origin"] == "store"
-    # ... no stored alert grew, none is missing ...
+    # ... no stored alert grew, none is missing, and neither did any incident ...
     assert stored_tags(target) == {t: 1 for t in range(N_BATCHES)}
-    # ... and the sinks saw every alert exactly once: the batch of the crash was in the outbox
+    assert stored_incidents(target) == {tag_alert(t).device_id: 1 for t in range(N_BATCHES)}
+    # ... and the sinks saw every opening exactly once: the batch of the crash was in the outbox
     # (committed with it) and was handed to the sinks first on restart
     sent = first_sink_tags + sink.tags
     assert len(sent) == len(set(sent))

@@ -327,9 +327,15 @@ def test_netflow_flows_through_a_signed_model_become_stored_alerts(
     scanned = {int(p) for p in flows.dst_port[scan_rows]}
     alerted = {a.dest_port for a in rows}
     assert alerted <= scanned and len(alerted) >= 0.95 * len(scanned)
-    # stored before being sent: the JSONL sink got exactly the stored alerts
+    # stored before being sent: the JSONL sink got the opening (and escalations) of the scan's
+    # incident, never one record per scanned port
     sent = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines() if x.strip()]
-    assert len(sent) == len(rows)
+    with open_store(tmp_path / "store.db") as store:
+        incidents, _ = store.query_incidents(limit=10_000)
+    assert sent and len(sent) < len(rows)
+    assert {x["incident_id"] for x in sent} == {i.incident_id for i in incidents}
+    assert sent[0]["iotsentry"]["incident"]["event"] == "opened"
+    assert {i.device_id for i in incidents} == {SCANNER}
     actions = [json.loads(x)["action"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert "model.load" in actions and actions[-1] == "serve.stop"
 

@@ -105,9 +105,14 @@ keyring = "{keys}"
     assert hits / sum(n) >= 0.99 and false <= 0.01 * sum(n)
     assert {"C&C", "DDoS"} <= {a.category for a in flow_alerts}
     sent = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines() if x.strip()]
-    # the sink streams each batch's alerts; the store merges repeats into one row per key
-    assert {(x["dest_ip"], x["dest_port"], x["alert"]["category"]) for x in sent} == {
+    # the sink gets what opened or escalated an incident (stored first); the store keeps every alert
+    assert {(x["dest_ip"], x["dest_port"], x["alert"]["category"]) for x in sent} <= {
         (a.dest_ip, a.dest_port, a.category) for a in alerts
     }
+    with open_store(tmp_path / "store.db") as store:
+        incidents, _ = store.query_incidents(limit=10_000)
+    assert {x["incident_id"] for x in sent} == {i.incident_id for i in incidents}
+    assert len(sent) < sum(i.count for i in incidents)  # repeats were folded, not sent
+    assert {"c2", "flood"} <= {i.cause for i in incidents}
     actions = [json.loads(x)["action"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert "model.load" in actions

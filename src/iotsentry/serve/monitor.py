@@ -14,11 +14,19 @@
   ``source_state`` table: the first run after the upgrade resumes from the file). So a crash
   at any point re-reads nothing that was committed and skips nothing that was not: each batch
   is processed exactly once as far as the store is concerned (no alert ``count`` grows on a
-  restart). Sinks are fed after the commit, at least once across a crash: alerts of the
-  batch being handed to the sinks when the process died are in the store and in its outbox
-  (written in the same transaction): on start the outbox is handed to the sinks first, so sinks
-  get every stored alert at least once (twice only if the process died after the sinks and
-  before the outbox was cleared). A sink that raises is logged and counted, not retried.
+  restart).
+* Incidents: the same transaction folds the batch's traffic alerts into incidents per
+  (site, device, cause) against the incidents *stored* for their keys
+  (:meth:`~iotsentry.store.base.StoreBase.commit_alerts`), so an operator's status change made
+  through the API meanwhile wins, and a restart continues the stored incidents (their counts
+  never grow twice). Sinks get only what opened or escalated an incident (the EVE record with
+  ``incident_id`` and the incident's count and status in ``iotsentry.incident``), each notice
+  and each integrity/canary alert once: never one record per repeat.
+* Sinks are fed after the commit, at least once across a crash: what the sinks were being
+  handed when the process died is in the store and in its outbox (written in the same
+  transaction): on start the outbox is handed to the sinks first, so sinks get every such
+  record at least once (twice only if the process died after the sinks and before the outbox
+  was cleared). A sink that raises is logged and counted, not retried.
 * Periodic work between batches: canary replay through the engine's detector
   (:mod:`iotsentry.integrity.canary`; a missed class is a ``detector-blind`` integrity alert),
   score drift (:class:`~iotsentry.integrity.drift.ScoreDriftMonitor`, reference = the first
@@ -58,6 +66,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from iotsentry.alerts.incidents import ESCALATED, OPENED
 from iotsentry.alerts.policy import integrity_alert
 from iotsentry.alerts.sinks import AlertSink, sink_from_uri
 from iotsentry.features.device_context import WINDOW_S
@@ -108,6 +117,11 @@ class MonitorStats:
     packets: int = 0
     flows: int = 0
     alerts_stored: int = 0
+    alerts_sent: int = 0
+    """Records handed to the sinks after their commit (openings, escalations, notices, integrity)."""
+    incidents_opened: int = 0
+    incidents_escalated: int = 0
+    notices: int = 0
     max_queue_depth: int = 0
     canary_runs: int = 0
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -141,7 +155,8 @@ class Monitor:
     state_dir
         Where ``state.json`` (source positions and counters) is kept.
     sinks
-        Alert sinks, fed after the store.
+        Alert sinks, fed after the store with what opened or escalated an incident, notices and
+        integrity alerts (never a repeat).
     queue_size
         Bound of the queue between the sources and the engine.
     poll_timeout_s
@@ -264,10 +279,13 @@ class Monitor:
             self.audit.append(action, subject, details)
 
     def _commit(self, alerts: list[Alert], source_state: dict[str, dict[str, Any]] | None = None) -> None:
-        """Store first (alerts and ``source_state`` in one transaction), then the sinks."""
+        """Store first (alerts, their incidents, ``source_state`` and the outbox in one
+        transaction), then hand the sinks the openings, escalations, notices and integrity alerts."""
         if not alerts and not source_state:
             return
-        self.store.add_alerts(self.run_id, alerts, source_state=source_state, outbox=bool(self.sinks))
+        commit = self.store.commit_alerts(
+            self.run_id, alerts, source_state=source_state, outbox=bool(self.sinks)
+        )
         if source_state:
             self._state_commits += 1
             if self._kill_after_commits and self._state_commits >= self._kill_after_commits:
@@ -275,13 +293,30 @@ class Monitor:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between the commit and the sinks
         if not alerts:
             return
+        events = [e for _, e in commit.events]
+        opened, escalated = events.count(OPENED), events.count(ESCALATED)
+        notices = sum(1 for a in alerts if a.event_type == "notice")
         self.stats.alerts_stored += len(alerts)
+        self.stats.incidents_opened += opened
+        self.stats.incidents_escalated += escalated
+        self.stats.notices += notices
         self.metrics.stored([int(a.severity) for a in alerts])
-        self.log("info", "alerts.stored", count=len(alerts), total=self.stats.alerts_stored)
-        self._to_sinks(alerts)
-        self.store.outbox_done()
+        self.log(
+            "info",
+            "alerts.stored",
+            count=len(alerts),
+            total=self.stats.alerts_stored,
+            incidents_opened=opened,
+            incidents_escalated=escalated,
+            notices=notices,
+            to_sinks=len(commit.to_sinks),
+        )
+        if commit.to_sinks and self.sinks:
+            self._to_sinks(commit.to_sinks)
+            self.store.outbox_done()
 
     def _to_sinks(self, alerts: list[Alert]) -> None:
+        self.stats.alerts_sent += len(alerts)
         for sink in self.sinks:
             for a in alerts:
                 try:
@@ -636,6 +671,10 @@ class Monitor:
                     "batches": self.stats.batches,
                     "packets": self.stats.packets,
                     "alerts": self.stats.alerts_stored,
+                    "incidents_opened": self.stats.incidents_opened,
+                    "incidents_escalated": self.stats.incidents_escalated,
+                    "notices": self.stats.notices,
+                    "sent": self.stats.alerts_sent,
                 },
             )
             self._audit("serve.stop", "serve", {"run_id": self.run_id, "status": status})

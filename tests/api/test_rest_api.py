@@ -21,6 +21,7 @@ with warnings.catch_warnings():  # starlette 1.x warns that its TestClient wants
 
 from fastapi import FastAPI
 
+from iotsentry.alerts.policy import alert_dedup_key
 from iotsentry.api import api_cli
 from iotsentry.api.alerts import decode_cursor, encode_cursor
 from iotsentry.api.app import create_app
@@ -526,6 +527,21 @@ def test_models_signature_status(api: Api, tmp_path: Path) -> None:
 # -- migration of an old store -------------------------------------------------------------------------
 
 
+def _legacy_insert(store: Store, run: int, a: Alert) -> None:
+    """An alert row as the first schema held it (before incidents and event types)."""
+    with store._tx() as c:
+        c.execute(
+            "INSERT INTO alerts (run_id, ts, device_id, site_id, detector, detector_version, category,"
+            " severity, score, threshold, src_ip, src_port, dest_ip, dest_port, proto, flow_id, reason,"
+            " eve, dedup_key, count, first_ts, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, 1, ?, ?)",
+            (run, a.timestamp, a.device_id, a.site_id, a.detector, a.detector_version, a.category,
+             a.severity, a.score, a.threshold, a.src_ip, a.src_port, a.dest_ip, a.dest_port, a.proto,
+             a.flow_id, a.reason, json.dumps(a.to_eve(), separators=(",", ":")), alert_dedup_key(a),
+             a.timestamp, a.timestamp),
+        )  # fmt: skip
+
+
 def test_an_old_schema_store_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with Store(path, migrations=MIGRATIONS[:1]) as old:
@@ -540,7 +556,8 @@ def test_an_old_schema_store_migrates_and_keeps_its_data(tmp_path: Path) -> None
             proto="TCP", device_id="aa:bb:cc:00:00:01", site_id="s", detector="profile", detector_version="1",
             score=3.0, threshold=1.0, severity=1, category="scan", reason="scan; baseline: none",
         )  # fmt: skip
-        old.add_alerts(run, [alert, dataclasses.replace(alert, dest_port=80, timestamp=900.0)])
+        for a in (alert, dataclasses.replace(alert, dest_port=80, timestamp=900.0)):
+            _legacy_insert(old, run, a)
         old.finish_run(run, "ok", {"packets": 10})
         assert old.acknowledge(2, "legacy-user")
     conn = sqlite3.connect(path)
@@ -566,6 +583,7 @@ def test_an_old_schema_store_migrates_and_keeps_its_data(tmp_path: Path) -> None
     with Store(path) as again:  # opening a migrated store applies nothing more
         assert again.version == len(MIGRATIONS) and again.get_alert(1) is not None
         assert again.get_alert(1).assignee == "pat"  # type: ignore[union-attr]
+        assert again.query_incidents()[1] == 0  # alerts stored before incidents are not folded afterwards
 
 
 # -- the command line -----------------------------------------------------------------------------------

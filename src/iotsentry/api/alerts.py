@@ -1,5 +1,9 @@
 """``/alerts``: filtered, paged alerts; one alert with its audit trail; acknowledge; assign.
 
+Alerts are the raw records; the SOC's queue is ``/incidents`` (alerts folded per device and
+cause). Notices (``event_type=notice``: a device fell silent or offline) are listed here too and
+counted apart from security alerts by ``/alerts/summary``.
+
 Paging: ``limit`` with ``offset`` or with ``cursor`` (the ``next_cursor`` of the previous
 page: a keyset cursor, stable while new alerts arrive). ``total`` counts every alert matching the
 filters, whatever the page. Acknowledging and assigning need the ``admin`` scope and are
@@ -82,8 +86,8 @@ def _epoch(t: datetime | None) -> float | None:
 def alert_filters(
     device_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     severity: Annotated[
-        list[Annotated[int, Field(ge=1, le=3)]] | None,
-        Query(description="1 = high, 2 = medium, 3 = low; repeat for several", max_length=3),
+        list[Annotated[int, Field(ge=1, le=4)]] | None,
+        Query(description="1 = high, 2 = medium, 3 = low, 4 = info (notices); repeat", max_length=4),
     ] = None,
     category: _Strs = None,
     detector: _Strs = None,
@@ -95,6 +99,11 @@ def alert_filters(
     assigned: Annotated[bool | None, Query(description="has an assignee or not")] = None,
     assignee: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     run_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    event_type: Annotated[
+        list[Annotated[str, Field(pattern=r"^(alert|notice|integrity|canary)$")]] | None,
+        Query(description="alert | notice | integrity | canary; repeat for several", max_length=4),
+    ] = None,
+    incident_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> AlertQuery:
     """The alert filters of the query string."""
     lo, hi = _epoch(since), _epoch(until)
@@ -112,6 +121,8 @@ def alert_filters(
         assigned=assigned,
         assignee=assignee,
         run_id=run_id,
+        event_types=tuple(event_type or ()),
+        incident_id=incident_id,
     )
 
 
@@ -157,7 +168,10 @@ def list_alerts(
 
 @router.get("/summary", response_model=AlertSummaryOut, summary="Alert counts")
 def alert_summary(store: StoreDep, query: Filters) -> AlertSummaryOut:
-    """How many alerts match the filters, how many are open, by severity, category and device."""
+    """How many alerts match the filters, how many are open, by severity, category and device.
+
+    Notices are not security alerts: unless ``event_type`` is given they are left out of these
+    counts and counted apart in ``notices``."""
     return AlertSummaryOut(**store.alert_summary(query))
 
 

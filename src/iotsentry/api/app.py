@@ -19,7 +19,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from iotsentry.api import alerts, baselines, devices, health, integrity, meta, models, runs, ui_static
+from iotsentry.api import (
+    alerts,
+    baselines,
+    devices,
+    health,
+    incidents,
+    integrity,
+    meta,
+    models,
+    runs,
+    ui_static,
+)
 from iotsentry.api.auth import Authenticator, BearerAuthMiddleware
 from iotsentry.api.errors import install_error_handlers
 from iotsentry.store import open_store
@@ -62,8 +73,9 @@ def create_app(
         clock).
     audit
         Called as ``audit(action, subject, details, actor=token name)`` after every change made
-        through the API (acknowledge, re-open, assign): e.g. the ``append`` of the monitor's
-        hash-chained audit log (:class:`iotsentry.integrity.audit.AuditLog`).
+        through the API (alerts: acknowledge, re-open, assign; incidents: acknowledge, assign,
+        expected, resolve, reopen): e.g. the ``append`` of the monitor's hash-chained audit log
+        (:class:`iotsentry.integrity.audit.AuditLog`).
 
     Returns
     -------
@@ -87,9 +99,10 @@ def create_app(
         title="iotsentry API",
         version=API_VERSION,
         description=(
-            "REST API of the iotsentry monitor: devices, baselines, alerts, models, runs. "
+            "REST API of the iotsentry monitor: devices, baselines, incidents, alerts, models, runs. "
             "Every route needs `Authorization: Bearer <token>` (`iotsentry token create`); "
-            "acknowledging and assigning alerts need the `admin` scope. Times are epoch seconds (UTC)."
+            "every change (acknowledging, assigning, marking expected, resolving) needs the `admin` "
+            "scope. Times are epoch seconds (UTC)."
         ),
         docs_url=None,
         redoc_url=None,
@@ -107,7 +120,7 @@ def create_app(
         authenticator=authenticator or Authenticator(store),
         public_paths=ui_static.SHELL_PATHS,  # the dashboard's static shell only (no data)
     )
-    for module in (devices, baselines, alerts, models, runs, health, meta, integrity):
+    for module in (devices, baselines, incidents, alerts, models, runs, health, meta, integrity):
         app.include_router(module.router)
     app.include_router(ui_static.whoami_router)
     app.include_router(ui_static.router)

@@ -1,7 +1,8 @@
 """Pydantic models of the REST API's requests and responses (the JSON shapes of the OpenAPI schema).
 
 All times are seconds since the Unix epoch (UTC, float); the embedded EVE record keeps its
-RFC 3339 ``timestamp``. Severity follows eve.json: 1 = high, 2 = medium, 3 = low.
+RFC 3339 ``timestamp``. Severity follows eve.json: 1 = high, 2 = medium, 3 = low; 4 = info is
+for notices. The ``/incidents`` models are in :mod:`iotsentry.api.incident_schemas`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ErrorOut",
     "HealthOut",
     "ModelOut",
+    "NoticeCountOut",
     "Page",
     "RunOut",
     "SignatureOut",
@@ -76,13 +78,20 @@ class DeviceOut(BaseModel):
     last_seen: float
     packets: int
     bytes: int
+    visibility: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the sensor can observe of this device's application fields "
+        '(e.g. {"dns_names": "observed" | "truncated" | "not seen", "snaplen": 96}); empty: unknown',
+    )
     label: str = Field(description="short human name: first host name, else the id")
     maturity: float | None = Field(description="latest baseline's maturity score in [0, 1]; null: none")
     mature: bool
     baseline_run_id: int | None
     baseline_updated: float | None
-    alerts: int = Field(description="alert rows of this device")
-    open_alerts: int = Field(description="alert rows not acknowledged")
+    alerts: int = Field(description="alert rows of this device (notices apart)")
+    open_alerts: int = Field(description="alert rows not acknowledged (notices apart)")
+    notices: int = Field(0, description="notice rows of this device (silence, offline)")
+    open_incidents: int = Field(0, description="incidents of this device open or acknowledged")
 
 
 class BaselineOut(BaseModel):
@@ -113,8 +122,10 @@ class AlertOut(BaseModel):
     first_ts: float
     last_ts: float
     count: int = Field(description="repeats merged into this row")
-    severity: int = Field(description="1 = high, 2 = medium, 3 = low")
+    severity: int = Field(description="1 = high, 2 = medium, 3 = low, 4 = info (notices)")
     severity_name: str
+    event_type: str = Field("alert", description="alert | notice | integrity | canary")
+    incident_id: str | None = Field(None, description="the incident it was (last) folded into")
     category: str
     detector: str
     score: float
@@ -166,14 +177,25 @@ class CountOut(BaseModel):
     open: int
 
 
+class NoticeCountOut(BaseModel):
+    """Notices matching the filters (counted apart from security alerts)."""
+
+    total: int
+    open: int
+
+
 class AlertSummaryOut(BaseModel):
-    """Counts of the alerts matching the filters."""
+    """Counts of the alerts matching the filters (notices apart unless asked for by event type)."""
 
     total: int
     open: int
     by_severity: list[CountOut]
     by_category: list[CountOut]
     by_device: list[CountOut]
+    notices: NoticeCountOut = Field(
+        default_factory=lambda: NoticeCountOut(total=0, open=0),
+        description="notices (silence, offline) with the same filters",
+    )
 
 
 class _Body(BaseModel):
@@ -264,6 +286,8 @@ def alert_out(a: StoredAlert) -> AlertOut:
         count=a.count,
         severity=al.severity,
         severity_name=SEVERITY_NAMES.get(al.severity, str(al.severity)),
+        event_type=al.event_type,
+        incident_id=al.incident_id or None,
         category=al.category,
         detector=al.detector,
         score=al.score,
@@ -309,4 +333,6 @@ def device_out(s: DeviceSummary) -> dict[str, Any]:
         "baseline_updated": s.baseline_updated,
         "alerts": s.alerts,
         "open_alerts": s.open_alerts,
+        "notices": s.notices,
+        "open_incidents": s.open_incidents,
     }

@@ -87,3 +87,99 @@ def test_score_writes_one_row_per_packet_in_file_order(tmp_path: Path) -> None:
 def test_directory_input_is_refused(tmp_path: Path, cmd: str) -> None:
     r = _run(cmd, str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "is a directory" in r.stderr
+
+
+# -- analyze: incidents; iotsentry incidents ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`iotsentry analyze` of the demo home (an infected camera) with an extra JSONL sink."""
+    from iotsentry.cli import main
+    from iotsentry.evaluation.synthetic_home import generate_home
+
+    out = tmp_path_factory.mktemp("analyze")
+    generate_home(out / "home.pcap", seed=7)
+    sink = out / "sink.jsonl"
+    assert main(["analyze", str(out / "home.pcap"), "--out-dir", str(out), "--sink", f"jsonl:{sink}"]) == 0
+    return out
+
+
+def test_analyze_writes_incidents_next_to_one_eve_line_per_alert(analysed: Path) -> None:
+    from iotsentry.alerts.incidents import Incident, incident_id_for
+    from iotsentry.store import Store
+
+    eve = [json.loads(x) for x in (analysed / "alerts.jsonl").read_text().splitlines()]
+    incidents = [Incident.from_dict(d) for d in json.loads((analysed / "incidents.json").read_text())]
+    traffic = [e for e in eve if e["event_type"] == "alert"]
+    assert traffic and incidents
+    # every alert keeps its EVE shape and names its incident; the counts add up
+    assert all(e["incident_id"] in {i.incident_id for i in incidents} for e in traffic)
+    assert sum(i.count for i in incidents) == len(traffic)
+    assert all({"timestamp", "flow_id", "src_ip", "dest_ip", "alert", "device_id"} <= set(e) for e in eve)
+    # the extra sink got the openings and escalations only, each naming its incident's state
+    sent = [json.loads(x) for x in (analysed / "sink.jsonl").read_text().splitlines()]
+    sent_traffic = [e for e in sent if e["event_type"] == "alert"]
+    assert {e["iotsentry"]["incident"]["event"] for e in sent_traffic} <= {"opened", "escalated"}
+    assert sum(e["iotsentry"]["incident"]["event"] == "opened" for e in sent_traffic) == len(incidents)
+    assert len(sent_traffic) < len(traffic) or len(traffic) == len(incidents)
+    # the store holds the same incidents (ids and counts) as incidents.json
+    with Store(analysed / "iotsentry.db") as store:
+        stored = {i.incident_id: i.count for i in store.query_incidents(limit=1000)[0]}
+    assert stored == {i.incident_id: i.count for i in incidents}
+    # deterministic ids: site|device|cause|first alert time (the streaming monitor gets the same)
+    assert all(
+        i.incident_id == incident_id_for(i.site_id, i.device_id, i.cause, i.first_ts) for i in incidents
+    )
+
+
+def test_incidents_cli_lists_shows_and_changes_with_an_audit_trail(analysed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from iotsentry.integrity.audit import read_records, verify
+    from iotsentry.store import Store
+
+    db = tmp_path / "s.db"
+    shutil.copy(analysed / "iotsentry.db", db)
+    audit = tmp_path / "audit.jsonl"
+    listed = _run("incidents", "list", "--db", str(db), "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert doc["total"] == len(doc["items"]) > 0
+    inc = doc["items"][0]["incident_id"]
+    table = _run("incidents", "list", "--db", str(db), "--status", "open", cwd=tmp_path)
+    assert inc in table.stdout and "open" in table.stdout
+    common = ["--db", str(db), "--audit-log", str(audit), "--as", "carol"]
+    for args in (["ack", inc], ["assign", inc, "dave"], ["expect", inc, "--scope", "group"], ["reopen", inc],
+                 ["resolve", inc, "--note", "patched"]):  # fmt: skip
+        r = _run("incidents", *args, *common, cwd=tmp_path)
+        assert r.returncode == 0 and inc in r.stdout, (args, r.stderr)
+    shown = _run("incidents", "show", inc, "--db", str(db), cwd=tmp_path)
+    assert "resolved" in shown.stdout and "baseline feedback" in shown.stdout and "by carol" in shown.stdout
+    detail = json.loads(_run("incidents", "show", inc, "--db", str(db), "--json", cwd=tmp_path).stdout)
+    assert [h["action"] for h in detail["history"]] == [
+        "acknowledge",
+        "assign",
+        "expect",
+        "reopen",
+        "resolve",
+    ]
+    assert [(f["action"], f["scope"]) for f in detail["feedback"]] == [
+        ("absorb", "group"),
+        ("revert", "group"),
+    ]
+    with Store(db) as store:
+        got = store.get_incident(inc)
+        assert got is not None and got.status == "resolved" and got.assignee == "dave"
+    recs = list(read_records(audit))
+    assert [(x.action, x.actor) for x in recs] == [
+        ("incident.ack", "carol"), ("incident.assign", "carol"), ("incident.expected", "carol"),
+        ("incident.reopen", "carol"), ("incident.resolve", "carol"),
+    ]  # fmt: skip
+    assert recs[2].details["scope"] == "group" and verify(audit).ok
+    # user errors: one line, exit 2
+    missing = _run("incidents", "ack", "inc-0000000000000000", "--db", str(db), cwd=tmp_path)
+    assert missing.returncode == 2 and "no incident" in missing.stderr and "Traceback" not in missing.stderr
+    nodb = _run("incidents", "list", "--db", str(tmp_path / "nope.db"), cwd=tmp_path)
+    assert nodb.returncode == 2 and "no such store" in nodb.stderr
+    assert not (tmp_path / "nope.db").exists()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from iotsentry.errors import CaptureDamaged, IotSentryError
 
 if TYPE_CHECKING:
+    from iotsentry.alerts.incidents import Incident
     from iotsentry.pipeline import AnalysisResult, Progress
 
 DEFAULT_OUT = Path("iotsentry-out")
@@ -110,6 +111,7 @@ def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> Analys
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from iotsentry.alerts.incidents import IncidentBook
     from iotsentry.alerts.jsonl import JsonlSink
     from iotsentry.alerts.sinks import sink_from_uri
     from iotsentry.store import open_store, redact_dsn
@@ -120,6 +122,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db_path = redact_dsn(args.db) if args.db else out / "iotsentry.db"  # shown: a DSN without password
     alerts_path = Path(args.alerts) if args.alerts else out / "alerts.jsonl"
+    incidents_path = alerts_path.with_name("incidents.json")  # next to the alerts
     report_path = Path(args.report) if args.report else out / "report.html"
     t0 = time.perf_counter()
     store = open_store(args.db or db_path)
@@ -136,12 +139,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     store.upsert_devices(res.devices)
     for dev_id, prof in res.baselines.items():
         store.save_baseline(dev_id, run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"]))
-    stored = store.add_alerts(run_id, res.alerts)
+    book = IncidentBook()
+    _, for_sinks = book.fold_many(res.alerts)  # sets each alert's incident_id
+    incidents = book.incidents()
+    notices = [a for a in res.alerts if a.event_type == "notice"]
+    res.stats.update(incidents=len(incidents), notices=len(notices))
+    stored = store.add_alerts(run_id, res.alerts, incidents=incidents)
     store.finish_run(run_id, "ok", res.stats)
     store.close()
-    sinks = [JsonlSink(alerts_path)] + [sink_from_uri(u) for u in args.sink or []]
-    for s in sinks:
-        for a in res.alerts:
+    every = JsonlSink(alerts_path)  # the run's record: one EVE line per alert (with its incident_id)
+    for a in res.alerts:
+        every.emit(a)
+    every.close()
+    incidents_path.write_text(json.dumps([i.to_dict() for i in incidents], indent=2) + "\n")
+    for s in [sink_from_uri(u) for u in args.sink or []]:  # openings, escalations, notices
+        for a in for_sinks:
             s.emit(a)
         s.close()
     write_report(
@@ -153,27 +165,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         baselines=res.baselines,
         run_info={"inputs": [str(p) for p in paths], **_readable_times(res.stats)},
         peer_groups=res.peer_groups,
+        incidents=incidents,
     )
+    outputs = {"db": str(db_path), "alerts": str(alerts_path), "incidents": str(incidents_path),
+               "report": str(report_path)}  # fmt: skip
     if args.json:
         print(
             json.dumps(
                 {
                     "devices": [d.to_dict() for d in res.devices],
                     "alerts": [a.to_eve() for a in res.alerts],
+                    "incidents": [i.to_dict() for i in incidents],
                     "stats": res.stats,
-                    "outputs": {"db": str(db_path), "alerts": str(alerts_path), "report": str(report_path)},
+                    "outputs": outputs,
                 },
                 indent=2,
                 default=str,
             )
         )
     else:
-        _print_summary(res)
+        _print_summary(res, incidents)
+        n_alerts = len(res.alerts) - len(notices)
         print(
-            f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(res.alerts)} alerts "
-            f"({stored} new in the store after de-duplication) in {elapsed:.1f} s"
+            f"\n{res.stats['packets']:,} packets, {len(res.devices)} devices, {len(incidents)} incidents "
+            f"from {n_alerts} alerts ({stored} new in the store after de-duplication), "
+            f"{len(notices)} notices in {elapsed:.1f} s"
         )
-        print(f"store:  {db_path}\nalerts: {alerts_path}\nreport: {report_path}")
+        for name, path in outputs.items():
+            print(f"{name + ':':<10} {path}")
     return 0
 
 
@@ -200,14 +219,15 @@ def _readable_times(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _print_summary(res: AnalysisResult) -> None:
+def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
 
     console = _console()
     by_dev: dict[str, int] = {}
     for a in res.alerts:
-        by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1
+        if a.event_type != "notice":
+            by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1
     t = Table(title="Devices")
     for c in ("device", "IP", "vendor", "names", "type", "baseline", "alerts"):
         t.add_column(c)
@@ -228,6 +248,25 @@ def _print_summary(res: AnalysisResult) -> None:
             Text(str(n), style="bold red") if n else Text("0"),
         )
     console.print(t)
+    if incidents:
+        ti = Table(title="Incidents")
+        for c in ("incident", "device", "sev", "cause", "alerts", "first / last seen (UTC)", "categories"):
+            ti.add_column(c, overflow="fold")
+        for i in sorted(incidents, key=lambda i: (i.severity, -i.last_ts))[:50]:
+            ti.add_row(
+                *_plain(
+                    i.incident_id,
+                    i.device_id,
+                    {1: "high", 2: "med", 3: "low"}.get(i.severity, "?"),
+                    i.cause,
+                    str(i.count),
+                    time.strftime("%H:%M:%S", time.gmtime(i.first_ts))
+                    + " / "
+                    + time.strftime("%H:%M:%S", time.gmtime(i.last_ts)),
+                    ", ".join(i.categories),
+                )
+            )
+        console.print(ti)
     if res.alerts:
         ta = Table(title="Alerts")
         for c in ("time (UTC)", "device", "sev", "category", "reason"):
@@ -237,7 +276,7 @@ def _print_summary(res: AnalysisResult) -> None:
                 *_plain(
                     time.strftime("%H:%M:%S", time.gmtime(a.timestamp)),
                     a.device_id,
-                    {1: "high", 2: "med", 3: "low"}.get(a.severity, "?"),
+                    {1: "high", 2: "med", 3: "low", 4: "info"}.get(a.severity, "?"),
                     a.category,
                     a.reason,
                 )
@@ -679,10 +718,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("inputs", nargs="+", help="pcap / pcapng files")
     a.add_argument("--out-dir", default=str(DEFAULT_OUT))
     a.add_argument("--db", help="store: SQLite file or postgresql:// DSN (default OUT_DIR/iotsentry.db)")
-    a.add_argument("--alerts", help="EVE JSON lines file (default OUT_DIR/alerts.jsonl)")
+    a.add_argument(
+        "--alerts",
+        help="EVE JSON lines file, one per alert (default OUT_DIR/alerts.jsonl; incidents.json beside it)",
+    )
     a.add_argument("--report", help="HTML report (default OUT_DIR/report.html)")
     a.add_argument(
-        "--sink", action="append", help="extra alert sink: syslog+udp://h:p, syslog+tcp://h:p, https://..."
+        "--sink",
+        action="append",
+        help="extra alert sink (gets what opens or escalates an incident, and notices): "
+        "syslog+udp://h:p, syslog+tcp://h:p, https://...",
     )
     a.add_argument("--learn-seconds", type=float, default=None, help="learning period (default: first half)")
     a.add_argument("--site", default="default")
@@ -804,12 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--report", help="write an HTML report with plots here")
     re_.set_defaults(func=cmd_redteam_evasion)
 
-    from iotsentry.api import api_cli
+    from iotsentry.api import api_cli, incidents_cli
     from iotsentry.baseline import advise_cli
     from iotsentry.integrity import audit_cli, keys_cli
 
     keys_cli.register(sub)
     api_cli.register(sub)
+    incidents_cli.register(sub)
     audit_cli.register(sub)
     advise_cli.register(sub)
 

@@ -128,3 +128,46 @@ def test_empty_run_has_no_plotly(tmp_path: Path) -> None:
     assert "No devices." in page and "No alerts." in page
     assert "plotly.js v" not in page
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def _notice() -> Alert:
+    n = AlertPolicy().make(
+        ts=1_700_000_300.0, device_id="aa:bb:cc:dd:ee:02", detector="profile", detector_version="1",
+        score=1.2, threshold=1.0, category="silence", reason=f"check-ins stopped {EVIL}",
+    )  # fmt: skip
+    assert n is not None and n.event_type == "notice"
+    return n
+
+
+def _section(page: str, title: str) -> str:
+    """The HTML from ``<h2>title</h2>`` to the next ``<h2>``."""
+    start = page.index(f"<h2>{title}</h2>")
+    end = page.find("<h2>", start + 4)
+    return page[start : end if end >= 0 else len(page)]
+
+
+def test_incidents_table_and_notices_apart_from_alerts(tmp_path: Path) -> None:
+    from iotsentry.alerts.incidents import fold_all
+
+    alerts = _alerts()
+    book = fold_all(alerts)
+    page = _write(tmp_path, alerts=[*alerts, _notice()], incidents=book.incidents())
+    incidents = _section(page, "Incidents")
+    assert incidents.count("<tr><td>inc-") == len(book.incidents()) == 3
+    for inc in book.incidents():
+        assert inc.incident_id in incidents and f"<td>{inc.cause}</td>" in incidents
+    notices = _section(page, "Notices")
+    assert html.escape(f"check-ins stopped {EVIL}") in notices and "<td>silence</td>" in notices
+    assert "check-ins stopped" not in _section(page, "Alerts")  # a notice is not an alert
+    summary = _section(page, "Summary")
+    assert "<th>Incidents</th><td>3</td>" in summary and "<th>Notices</th><td>1</td>" in summary
+    assert "<th>Alerts</th><td>3</td>" in summary
+    assert EVIL not in page.replace(get_plotlyjs(), "")
+
+
+def test_incidents_are_folded_from_the_alerts_when_not_given(tmp_path: Path) -> None:
+    alerts = _alerts()
+    page = _write(tmp_path, alerts=alerts)
+    assert _section(page, "Incidents").count("<tr><td>inc-") == 3
+    assert all(a.incident_id == "" for a in alerts)  # the caller's alerts are not changed
+    assert "No notices." in _section(page, "Notices")

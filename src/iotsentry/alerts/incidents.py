@@ -495,6 +495,29 @@ class IncidentBook:
             self.events[event] += 1
         return event
 
+    def fold_many(self, alerts: Iterable[Alert]) -> tuple[list[tuple[Alert, str | None]], list[Alert]]:
+        """Fold alerts in time order (ties: the given order), as a whole batch run is folded.
+
+        Returns
+        -------
+        tuple
+            ``(events, for_sinks)``: ``(alert, event)`` in the *given* order, and what alert
+            sinks get, in time order: each alert that opened or escalated an incident as
+            :func:`sink_alert` makes it, each notice and integrity/canary alert as it is; never a
+            repeat.
+        """
+        given = list(alerts)
+        events: dict[int, str | None] = {}
+        for_sinks: list[Alert] = []
+        for a in sorted(given, key=lambda x: x.timestamp):
+            event = self.fold(a)
+            events[id(a)] = event
+            if not forms_incident(a):
+                for_sinks.append(a)
+            elif event is not None:
+                for_sinks.append(sink_alert(a, self.incident_of(a), event))
+        return [(a, events[id(a)]) for a in given], for_sinks
+
     def get(self, incident_id: str) -> Incident | None:
         """One incident by id."""
         return self._by_id.get(incident_id)
@@ -570,6 +593,5 @@ class IncidentBook:
 def fold_all(alerts: Iterable[Alert]) -> IncidentBook:
     """A fresh :class:`IncidentBook` with ``alerts`` folded in time order (ties: given order)."""
     book = IncidentBook()
-    for a in sorted(alerts, key=lambda a: a.timestamp):
-        book.fold(a)
+    book.fold_many(alerts)
     return book

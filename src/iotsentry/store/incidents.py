@@ -29,7 +29,6 @@ from iotsentry.alerts.incidents import (
     IncidentKey,
     forms_incident,
     incident_key,
-    sink_alert,
 )
 from iotsentry.schema import Alert
 from iotsentry.store.records import (
@@ -146,17 +145,7 @@ def fold_in_tx(
     stored = [inc for inc in (_current_in_tx(c, k) for k in keys) if inc is not None]
     before = {inc.incident_id: inc.status for inc in stored}
     book = IncidentBook(stored)
-    events: list[tuple[Alert, str | None]] = []
-    to_sinks: list[Alert] = []
-    for a in sorted(alerts, key=lambda x: x.timestamp):
-        event = book.fold(a)
-        events.append((a, event))
-        if not forms_incident(a):
-            to_sinks.append(a)  # a notice or an integrity alert: once each, as it is
-        elif event is not None:
-            to_sinks.append(sink_alert(a, book.incident_of(a), event))
-    position = {id(a): i for i, a in enumerate(alerts)}
-    events.sort(key=lambda e: position[id(e[0])])
+    events, to_sinks = book.fold_many(alerts)
     changed = book.changed()
     write_incidents(c, changed, keep_status=False)
     now = time.time()

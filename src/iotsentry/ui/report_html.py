@@ -1,15 +1,18 @@
 """A single self-contained, offline HTML report of one run.
 
-The page holds a run summary, the device table, the alerts table, an alert timeline and a
-traffic timeline per device with its alerts marked. plotly.js is inlined exactly once; every
-figure is drawn from JSON by ``Plotly.newPlot``. Everything that came from the network (device
-names, vendors, DHCP fields, alert reasons...) is attacker-controlled, so all text is escaped
-with :func:`html.escape` (plotly renders the entities back as text), figure JSON is written with
-``<``, ``>`` and ``&`` escaped, and a Content-Security-Policy forbids any network access.
+The page holds a run summary, the device table, the incidents table (alerts folded per device
+and cause), the alerts table with an alert timeline, the notices (a device fell silent or
+offline) apart from the alerts, and a traffic timeline per device with its alerts marked.
+plotly.js is inlined exactly once; every figure is drawn from JSON by ``Plotly.newPlot``.
+Everything that came from the network (device names, vendors, DHCP fields, alert reasons...) is
+attacker-controlled, so all text is escaped with :func:`html.escape` (plotly renders the
+entities back as text), figure JSON is written with ``<``, ``>`` and ``&`` escaped, and a
+Content-Security-Policy forbids any network access.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -26,6 +29,7 @@ import plotly.graph_objects as go
 from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs
 
+from iotsentry.alerts.incidents import Incident
 from iotsentry.schema import SEVERITY_NAMES, Alert, Device
 
 SEVERITY_COLORS = {1: "#c0392b", 2: "#e67e22", 3: "#f1c40f"}
@@ -267,6 +271,47 @@ def _alert_table(alerts: Sequence[Alert], by_id: Mapping[str, Device], max_rows:
     return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
+def _incident_table(incidents: Sequence[Incident], by_id: Mapping[str, Device]) -> str:
+    """One row per incident, most severe first, then the most recently active."""
+    if not incidents:
+        return '<p class="muted">No incidents.</p>'
+    head = (
+        "<tr><th>Incident</th><th>Device</th><th>Severity</th><th>Cause</th><th>Status</th>"
+        "<th>Alerts</th><th>First seen (UTC)</th><th>Last seen (UTC)</th><th>Categories</th>"
+        "<th>Evidence</th></tr>"
+    )
+    rows: list[str] = []
+    for i in sorted(incidents, key=lambda i: (i.severity, -i.last_ts, i.incident_id)):
+        label = _device_label(by_id.get(i.device_id), i.device_id)
+        who = _e(i.device_id) + (f' <span class="muted">{_e(label)}</span>' if label != i.device_id else "")
+        sample = i.evidence[-1] if i.evidence else {}
+        rows.append(
+            f"<tr><td>{_e(i.incident_id)}</td><td>{who}</td>"
+            f'<td class="sev{int(i.severity)}">{_e(SEVERITY_NAMES.get(int(i.severity), i.severity))}</td>'
+            f"<td>{_e(i.cause)}</td><td>{_e(i.status)}</td>"
+            f'<td class="num">{int(i.count)}</td><td>{_e(_utc_short(i.first_ts))}</td>'
+            f"<td>{_e(_utc_short(i.last_ts))}</td><td>{_e(', '.join(i.categories))}</td>"
+            f"<td>{_e(sample.get('reason', ''))}</td></tr>"
+        )
+    return f'<table id="incidents">{head}{"".join(rows)}</table>'
+
+
+def _notice_table(notices: Sequence[Alert], by_id: Mapping[str, Device]) -> str:
+    if not notices:
+        return '<p class="muted">No notices.</p>'
+    head = "<tr><th>Time (UTC)</th><th>Device</th><th>Category</th><th>Count</th><th>Reason</th></tr>"
+    rows: list[str] = []
+    for a in notices:
+        label = _device_label(by_id.get(a.device_id), a.device_id)
+        who = _e(a.device_id) + (f' <span class="muted">{_e(label)}</span>' if label != a.device_id else "")
+        count = int(a.extra.get("count", 1)) if a.extra else 1
+        rows.append(
+            f"<tr><td>{_e(_utc_short(a.timestamp))}</td><td>{who}</td><td>{_e(a.category)}</td>"
+            f'<td class="num">{count}</td><td>{_e(a.reason)}</td></tr>'
+        )
+    return f'<table id="notices">{head}{"".join(rows)}</table>'
+
+
 def _peer_group_section(groups: list[dict[str, Any]] | None, devices: list[Device]) -> list[str]:
     """Devices that behave alike, one row per group (empty when grouping did not run)."""
     if not groups:
@@ -301,6 +346,7 @@ def write_report(
     max_alert_rows: int = 5000,
     max_device_plots: int = 60,
     peer_groups: list[dict[str, Any]] | None = None,
+    incidents: Sequence[Incident] | None = None,
 ) -> None:
     """Write the HTML report of one run to ``path`` (atomically: a temporary file is renamed).
 
@@ -324,7 +370,21 @@ def write_report(
         At most this many rows in the alerts table (all alerts are still counted and plotted).
     max_device_plots
         At most this many per-device timelines: devices with alerts first, then the busiest.
+    peer_groups
+        Groups of devices that behave alike (``None``/empty: no section).
+    incidents
+        The run's incidents (``None``: folded here from ``alerts`` with an
+        :class:`~iotsentry.alerts.incidents.IncidentBook` over copies, the alerts untouched).
+        Notices (``event_type == "notice"``) are listed apart from the alerts.
     """
+    if incidents is None:
+        from iotsentry.alerts.incidents import fold_all
+
+        incidents = fold_all(dataclasses.replace(a) for a in alerts).incidents()
+    notices = sorted(
+        (a for a in alerts if a.event_type == "notice"), key=lambda a: (a.timestamp, a.device_id)
+    )
+    alerts = [a for a in alerts if a.event_type != "notice"]
     alerts_sorted = sorted(alerts, key=lambda a: (a.timestamp, a.device_id))
     by_id = {d.device_id: d for d in devices}
     per_device: dict[str, list[Alert]] = {}
@@ -336,8 +396,11 @@ def write_report(
     summary_items = [
         ("Devices", str(len(devices))),
         ("Devices with alerts", str(sum(1 for d in devices if d.device_id in per_device))),
+        ("Incidents", str(len(incidents))),
+        ("Open incidents", str(sum(1 for i in incidents if i.active))),
         ("Alerts", str(len(alerts_sorted))),
         *((f"{SEVERITY_NAMES.get(s, s)} severity", str(severities[s])) for s in sorted(severities)),
+        ("Notices", str(len(notices))),
     ]
     if alerts_sorted:
         summary_items.append(
@@ -358,11 +421,19 @@ def write_report(
         "<h2>Devices</h2>",
         _device_table(devices, baselines, per_device),
         *_peer_group_section(peer_groups, devices),
+        "<h2>Incidents</h2>",
+        '<p class="muted">Alerts folded per device and cause: the queue to work on.</p>',
+        _incident_table(incidents, by_id),
         "<h2>Alerts</h2>",
     ]
     if alerts_sorted:
         sections.append(_alert_timeline(alerts_sorted, by_id, figs))
     sections.append(_alert_table(alerts_sorted, by_id, max_alert_rows))
+    sections += [
+        "<h2>Notices</h2>",
+        '<p class="muted">Not security alerts: devices that fell silent or went offline.</p>',
+        _notice_table(notices, by_id),
+    ]
 
     plot_ids = [k for k in timelines if len(timelines[k].get("t", [])) > 0]
     plot_ids.sort(

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.api.tokens import create_token
 from iotsentry.cli import main as iotsentry_main
 from iotsentry.evaluation.synthetic_home import generate_home
@@ -195,6 +196,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         admin, _ = create_token(store, "alice", "admin")
         read, _ = create_token(store, "viewer", "read")
         store.add_canary_results(CANARY_RESULTS)
+        notice = AlertPolicy(site_id="demo").make(
+            ts=1_705_310_000.0, device_id=INFECTED, detector="profile", detector_version="1", score=1.2,
+            threshold=1.0, category="silence", reason="stopped its ~300 s check-ins to 203.0.113.5",
+        )  # fmt: skip
+        assert notice is not None
+        store.add_alerts(None, [notice])  # a notice: shown apart, never an incident
     models, keys = _models(out)
     port = _free_port()
     log = out / "server.log"
@@ -444,6 +451,98 @@ def test_admin_inventory_device_alerts_models(tab: Tab, server: Server, tmp_path
         shutil.copytree(shots, keep, dirs_exist_ok=True)
 
 
+def test_incident_queue_acknowledge_assign_and_mark_expected(
+    tab: Tab, server: Server, tmp_path: Path
+) -> None:
+    page = tab.page
+    tab.goto("#/incidents")
+    tab.login(server.admin_token)
+    tab.wait_ready("incidents")
+    # the queue: the active incidents the API lists, with their cause and count
+    queue = server.get("/incidents?status=open&status=acknowledged&limit=25")
+    rows = page.locator("#incident-table tbody tr")
+    assert rows.count() == len(queue["items"]) > 0
+    for item in queue["items"]:
+        text = page.locator(f'#incident-table tr[data-incident="{item["incident_id"]}"]').inner_text()
+        assert item["cause"] in text and str(item["count"]) in text
+    summary = server.get("/incidents/summary")
+    for st in ("open", "acknowledged", "expected", "resolved"):
+        want = next((r["total"] for r in summary["by_status"] if r["key"] == st), 0)
+        assert page.inner_text(f"#incidents-{st}") == str(want)
+    # notices are shown apart, with their own count
+    notices = server.get("/alerts/summary")["notices"]["total"]
+    assert notices == 1 and page.inner_text("#notices-total") == "1"
+    assert "stopped its ~300 s check-ins" in page.inner_text("#notice-table")
+    assert "check-ins" not in page.inner_text("#incident-table")
+    _shot(page, tmp_path / "incidents.png")
+
+    # acknowledge from the queue
+    first = queue["items"][0]
+    inc = first["incident_id"]
+    row = page.locator(f'#incident-table tr[data-incident="{inc}"]')
+    assert row.locator("button.ack").is_enabled() and not row.locator("button.reopen").is_enabled()
+    row.locator("button.ack").click()
+    expect(page.locator("#incident-flash")).to_contain_text(f"Incident {inc} acknowledged by alice")
+    tab.wait_ready("incidents")
+    got = server.get(f"/incidents/{inc}")
+    assert got["status"] == "acknowledged"
+    assert [(x["action"], x["actor"]) for x in got["history"]] == [("acknowledge", "alice")]
+    row = page.locator(f'#incident-table tr[data-incident="{inc}"]')
+    assert row.locator('[data-status="acknowledged"]').count() == 1  # still in the active queue
+    row.locator("input.assignee").fill("Bob Builder")
+    row.locator("button.assign").click()
+    expect(page.locator("#incident-flash")).to_contain_text(
+        f"Incident {inc} assigned to Bob Builder by alice"
+    )
+    assert server.get(f"/incidents/{inc}")["assignee"] == "Bob Builder"
+
+    # the incident page: evidence samples and its alerts; mark expected for the device's group
+    tab.wait_ready("incidents")
+    page.click(f'#incident-table tr[data-incident="{inc}"] a.incident-link')
+    tab.wait_ready("incident")
+    detail = server.get(f"/incidents/{inc}")
+    assert page.locator("#incident-evidence tbody tr").count() == len(detail["evidence"]) > 0
+    assert page.locator("#incident-alerts tbody tr").count() == len(detail["alerts"]) > 0
+    assert detail["evidence"][0]["reason"] in page.inner_text("#incident-evidence")
+    assert page.inner_text("#incident-assignee") == "Bob Builder"
+    assert "None" in page.inner_text("#incident-feedback")  # never marked expected yet
+    _shot(page, tmp_path / "incident.png")
+    page.click("#incident-actions button.expect-group")
+    expect(page.locator("#incident-flash")).to_contain_text(
+        f"Incident {inc} marked expected (group) by alice"
+    )
+    tab.wait_ready("incident")
+    got = server.get(f"/incidents/{inc}")
+    assert got["status"] == "expected"
+    assert [(f["action"], f["scope"], f["created_by"]) for f in got["feedback"]] == [
+        ("absorb", "group", "alice")
+    ]
+    assert page.inner_text("#incident-status") == "expected"
+    assert page.locator("#incident-feedback tbody tr").count() == 1
+    assert not page.locator("#incident-actions button.expect-device").is_enabled()
+    assert page.locator("#incident-actions button.reopen").is_enabled()
+    # it left the active queue and is listed under expected
+    tab.show("#/incidents", "incidents")
+    assert page.locator(f'#incident-table tr[data-incident="{inc}"]').count() == 0
+    page.select_option("#incident-filter-status", "expected")
+    tab.wait_ready("incidents")
+    assert page.locator(f'#incident-table tr[data-incident="{inc}"]').count() == 1
+    # reopen: the baseline is asked to revert what it absorbed
+    page.locator(f'#incident-table tr[data-incident="{inc}"] button.reopen').click()
+    expect(page.locator("#incident-flash")).to_contain_text(f"Incident {inc} re-opened by alice")
+    assert [f["action"] for f in server.get(f"/incidents/{inc}")["feedback"]] == ["absorb", "revert"]
+
+    # the inventory shows what the sensor can see of each device (or that it is unknown)
+    tab.show("#/devices", "devices")
+    for d in server.get("/devices?limit=1000")["items"]:
+        cell = page.locator(f'#device-table td[data-visibility="{d["device_id"]}"]').inner_text()
+        if d["visibility"]:
+            assert all(f"{k.replace('_', ' ')}: " in cell for k in d["visibility"])
+        else:
+            assert cell == "unknown"
+    assert tab.unexpected_errors() == []
+
+
 def test_read_only_token_sees_disabled_buttons_and_a_clear_403(tab: Tab, server: Server) -> None:
     page = tab.page
     tab.goto("#/alerts")
@@ -465,6 +564,19 @@ def test_read_only_token_sees_disabled_buttons_and_a_clear_403(tab: Tab, server:
     text = page.inner_text("#alert-flash")
     assert "403" in text and "admin" in text
     assert alert_id is not None and not server.get(f"/alerts/{alert_id}")["acknowledged"]
+    # the incident queue: every action button is disabled, and a forced click gets a clear 403
+    tab.show("#/incidents", "incidents")
+    assert "read-only" in page.inner_text("#readonly-note")
+    buttons = page.locator("#incident-table button")
+    assert buttons.count() > 0 and all(not b.is_enabled() for b in buttons.all())
+    row = page.locator("#incident-table tbody tr").first
+    inc = row.get_attribute("data-incident")
+    before = server.get(f"/incidents/{inc}")
+    row.locator("button.expect-device").evaluate("b => { b.disabled = false; }")
+    row.locator("button.expect-device").click()
+    page.wait_for_selector("#incident-flash.flash.error:not([hidden])")
+    assert "403" in page.inner_text("#incident-flash")
+    assert server.get(f"/incidents/{inc}")["status"] == before["status"]
     assert tab.unexpected_errors(allowed_statuses=(403,)) == []
 
 

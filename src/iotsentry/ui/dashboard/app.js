@@ -13,7 +13,9 @@
     1: { name: "high", color: "#c0392b", weight: 3 },
     2: { name: "medium", color: "#e67e22", weight: 2 },
     3: { name: "low", color: "#f1c40f", weight: 1 },
+    4: { name: "info", color: "#7f8c8d", weight: 0 },
   };
+  const INCIDENT_STATUS = ["open", "acknowledged", "expected", "resolved"];
   const SVG_NS = "http://www.w3.org/2000/svg";
   const path = window.location.pathname;
   const API_BASE = path.includes("/ui/") ? path.slice(0, path.lastIndexOf("/ui/")) : "";
@@ -23,7 +25,8 @@
     who: null,
     renderSeq: 0,
     devices: { q: "", type: "", vendor: "", mature: "", limit: 25, offset: 0, sort: "risk", dir: -1 },
-    alerts: { sev: [], category: "", device: "", status: "open", limit: 25, offset: 0 },
+    alerts: { sev: [], category: "", device: "", status: "open", eventType: "", limit: 25, offset: 0 },
+    incidents: { status: "active", minSev: "", cause: "", device: "", limit: 25, offset: 0 },
   };
 
   // -- small helpers ---------------------------------------------------------------------------------
@@ -215,8 +218,8 @@
     $("nav").hidden = false;
     $("logout").hidden = false;
     $("who").textContent = `${state.who.name} (${state.who.scope})`;
-    showBanner(isAdmin() ? "" : "Read-only token (scope 'read'): acknowledging and assigning alerts need an admin token.",
-      "info");
+    showBanner(isAdmin() ? "" : "Read-only token (scope 'read'): acknowledging, assigning, marking expected and " +
+      "resolving need an admin token.", "info");
     await render();
     return true;
   }
@@ -227,7 +230,8 @@
     const raw = window.location.hash.replace(/^#\/?/, "");
     const [first, ...rest] = raw.split("/");
     if (first === "device" && rest.length) return { page: "device", id: decodeURIComponent(rest.join("/")) };
-    if (first === "alerts" || first === "models" || first === "devices") return { page: first };
+    if (first === "incident" && rest.length) return { page: "incident", id: decodeURIComponent(rest.join("/")) };
+    if (["alerts", "models", "devices", "incidents"].includes(first)) return { page: first };
     return { page: "devices" };
   }
 
@@ -236,11 +240,12 @@
     const route = parseHash();
     const seq = ++state.renderSeq;
     for (const a of document.querySelectorAll("#nav a")) {
-      const on = a.dataset.nav === route.page || (route.page === "device" && a.dataset.nav === "devices");
+      const on = a.dataset.nav === route.page || (route.page === "device" && a.dataset.nav === "devices") ||
+        (route.page === "incident" && a.dataset.nav === "incidents");
       a.classList.toggle("active", on);
     }
     const view = $("view");
-    const samePage = view.dataset.page === route.page && route.page !== "device";
+    const samePage = view.dataset.page === route.page && route.page !== "device" && route.page !== "incident";
     view.dataset.page = route.page;
     view.dataset.ready = "0";
     view.hidden = false;
@@ -248,6 +253,8 @@
     const content = h("div");
     try {
       if (route.page === "device") await renderDevice(content, route.id);
+      else if (route.page === "incident") await renderIncident(content, route.id);
+      else if (route.page === "incidents") await renderIncidents(content);
       else if (route.page === "alerts") await renderAlerts(content);
       else if (route.page === "models") await renderModels(content);
       else await renderDevices(content);
@@ -314,7 +321,23 @@
     { key: "maturity", title: "Maturity", value: (d) => (d.maturity === null ? -1 : d.maturity), num: true },
     { key: "risk", title: "Risk", value: (d) => d.risk, num: true },
     { key: "open", title: "Open alerts", value: (d) => d.open_alerts, num: true },
+    { key: "incidents", title: "Open incidents", value: (d) => d.open_incidents, num: true },
+    { key: "visibility", title: "Sensor sees", value: (d) => visibilityText(d.visibility) },
   ];
+
+  /** What the sensor can observe of a device's application fields, as one short line. */
+  function visibilityText(v) {
+    if (!v || typeof v !== "object") return "";
+    return Object.entries(v).map(([k, x]) => `${k.replace(/_/g, " ")}: ${typeof x === "object" ? JSON.stringify(x) : x}`)
+      .join(", ");
+  }
+
+  function visibilityCell(v) {
+    const text = visibilityText(v);
+    if (!text) return h("span", { class: "muted" }, "unknown");
+    const limited = Object.values(v).some((x) => x === "truncated" || x === "not seen");
+    return h("span", { class: `visibility${limited ? " limited" : ""}`, title: text }, text);
+  }
 
   async function renderDevices(root) {
     const f = state.devices;
@@ -400,7 +423,11 @@
         d.device_type ? h("span", { class: "muted" }, `(${Math.round(100 * d.type_confidence)}%)`) : null),
       h("td", {}, maturityCell(d)),
       h("td", { class: "num" }, riskCell(d.bySev)),
-      h("td", { class: "num" }, String(d.open_alerts))));
+      h("td", { class: "num" }, String(d.open_alerts)),
+      h("td", { class: "num" }, d.open_incidents ? h("a", { href: "#/incidents", class: "incident-count",
+        onclick: () => { Object.assign(state.incidents, { device: d.device_id, status: "active", offset: 0 }); } },
+      String(d.open_incidents)) : "0"),
+      h("td", { dataset: { visibility: d.device_id } }, visibilityCell(d.visibility))));
     return h("table", { class: "wide", id: "device-table" }, h("thead", {}, head), h("tbody", {}, body));
   }
 
@@ -444,7 +471,9 @@
           ["TLS SNI", dev.tls_sni.join(", ") || "-"], ["SSDP", dev.ssdp.join(", ") || "-"],
           ["First / last seen", `${fmtTime(dev.first_seen)} / ${fmtTime(dev.last_seen)}`],
           ["Traffic", `${fmtNum(dev.packets)} packets, ${fmtBytes(dev.bytes)}`],
-          ["Alerts", `${dev.alerts} (${dev.open_alerts} open)`],
+          ["Alerts", `${dev.alerts} (${dev.open_alerts} open), ${dev.notices} notices`],
+          ["Open incidents", String(dev.open_incidents)],
+          ["Sensor sees", h("span", { id: "device-visibility" }, visibilityCell(dev.visibility))],
         ], "device-identity")),
         h("div", { id: "baseline" }, h("h2", {}, "Baseline"), b ? kvTable([
           ["Maturity", maturityCell(dev)],
@@ -471,8 +500,10 @@
         }), "No per-window statistics.", [false, true, true, true, true]),
       h("h2", {}, `Alerts of this device (${alerts.length})`),
       alerts.length ? alertMiniTable(alerts) : h("p", { class: "empty" }, "No alerts."),
-      h("p", {}, h("a", { href: "#/alerts", onclick: () => { Object.assign(state.alerts, { device: id, status: "all", offset: 0 }); } },
-        "Open in the alert queue \u2192")),
+      h("p", {}, h("a", { href: "#/incidents", onclick: () => { Object.assign(state.incidents, { device: id, status: "all", offset: 0 }); } },
+        "Its incidents \u2192"), " ",
+      h("a", { href: "#/alerts", onclick: () => { Object.assign(state.alerts, { device: id, status: "all", offset: 0 }); } },
+        "Its alerts \u2192")),
     ]);
   }
 
@@ -574,7 +605,7 @@
   async function renderAlerts(root) {
     const f = state.alerts;
     const acknowledged = f.status === "open" ? false : f.status === "acked" ? true : null;
-    const filters = { severity: f.sev, category: f.category, device_id: f.device, acknowledged };
+    const filters = { severity: f.sev, category: f.category, device_id: f.device, acknowledged, event_type: f.eventType };
     const [page, facets, devices] = await Promise.all([
       api(`/alerts${qs({ ...filters, limit: f.limit, offset: f.offset })}`),
       api("/alerts/summary"),
@@ -584,7 +615,9 @@
     const labels = Object.fromEntries(devices.items.map((d) => [d.device_id, d.label]));
     const flash = h("div", { id: "alert-flash", hidden: true });
     append(root, [
-      h("h1", {}, "Alert queue"),
+      h("h1", {}, "Alerts"),
+      h("p", { class: "note" }, "Every alert record, repeats merged per destination. The SOC's queue is the ",
+        h("a", { href: "#/incidents" }, "incident queue"), " (alerts folded per device and cause)."),
       isAdmin() ? null : h("p", { class: "flash error", id: "readonly-note" },
         "This token is read-only (scope 'read'): the acknowledge and assign buttons are disabled."),
       alertFilters(facets, labels),
@@ -618,6 +651,9 @@
         devs.map((d) => h("option", { value: d, selected: f.device === d }, labels[d] && labels[d] !== d ? `${labels[d]} (${d})` : d)))),
       h("label", {}, "Status", h("select", { id: "alert-filter-status", onchange: change((t) => { f.status = t.value; }) },
         [["open", "open"], ["acked", "acknowledged"], ["all", "all"]].map(([v, t]) => h("option", { value: v, selected: f.status === v }, t)))),
+      h("label", {}, "Type", h("select", { id: "alert-filter-type", onchange: change((t) => { f.eventType = t.value; }) },
+        [["", "any"], ["alert", "security alerts"], ["notice", "notices"], ["integrity", "integrity"], ["canary", "canary"]]
+          .map(([v, t]) => h("option", { value: v, selected: f.eventType === v }, t)))),
       pageSizeSelect(f));
   }
 
@@ -635,7 +671,8 @@
       h("td", {}, sevBadge(a.severity)),
       h("td", {}, fmtTime(a.last_ts), a.count > 1 ? h("div", { class: "note" }, `${a.count}x since ${fmtTime(a.first_ts)}`) : null),
       h("td", {}, h("a", { href: `#/device/${encodeURIComponent(a.device_id)}` }, labels[a.device_id] || a.device_id)),
-      h("td", {}, a.category, h("div", { class: "note" }, a.detector)),
+      h("td", {}, a.category, h("div", { class: "note" }, a.detector),
+        a.incident_id ? h("div", { class: "note" }, h("a", { href: `#/incident/${encodeURIComponent(a.incident_id)}` }, "incident")) : null),
       h("td", { class: "reason" }, a.reason,
         h("div", { class: "note mono" }, `${a.src_ip}:${a.src_port} \u2192 ${a.dest_ip}:${a.dest_port}/${a.proto.toLowerCase()}`)),
       h("td", { class: "num" }, fmtNum(a.score), h("div", { class: "note" }, `threshold ${fmtNum(a.threshold)}`)),
@@ -666,6 +703,198 @@
         buttons.forEach((b) => { b.disabled = false; });
       }
     }
+  }
+
+  // -- the incident queue --------------------------------------------------------------------------------
+
+  function statusBadge(status) {
+    return h("span", { class: `badge st-${status}`, dataset: { status } }, status);
+  }
+
+  /** The incident filters as API query parameters ("active": open and acknowledged). */
+  function incidentQuery(f) {
+    const status = f.status === "active" ? ["open", "acknowledged"] : f.status === "all" ? [] : [f.status];
+    return { status, min_severity: f.minSev, cause: f.cause, device_id: f.device };
+  }
+
+  async function renderIncidents(root) {
+    const f = state.incidents;
+    const filters = incidentQuery(f);
+    const [page, summary, facets, devices, notices, noticeCount] = await Promise.all([
+      api(`/incidents${qs({ ...filters, limit: f.limit, offset: f.offset })}`),
+      api("/incidents/summary"),
+      api(`/incidents/summary${qs({ status: filters.status })}`),
+      api("/devices?limit=1000"),
+      api("/alerts?event_type=notice&limit=10"),
+      api("/alerts/summary"),
+    ]);
+    if (page.total > 0 && f.offset >= page.total) { f.offset = 0; return renderIncidents(root); }
+    const labels = Object.fromEntries(devices.items.map((d) => [d.device_id, d.label]));
+    const byStatus = Object.fromEntries(summary.by_status.map((r) => [r.key, r.total]));
+    const flash = h("div", { id: "incident-flash", hidden: true });
+    append(root, [
+      h("h1", {}, "Incident queue"),
+      h("p", { class: "note" }, "Alerts folded per device and cause. Repeats of a cause count into its incident; " +
+        "a more severe alert or a new kind of evidence escalates it (and re-opens an acknowledged one). " +
+        "Marking an incident expected asks the baseline to absorb the behaviour, for the device or its whole group."),
+      h("div", { class: "cards", id: "incident-cards" },
+        INCIDENT_STATUS.map((st) => h("div", { class: `card st-${st}` },
+          h("div", { class: "v", id: `incidents-${st}` }, String(byStatus[st] || 0)), h("div", { class: "k" }, `${st}`))),
+        h("div", { class: "card notices" }, h("div", { class: "v", id: "notices-total" }, String(noticeCount.notices.total)),
+          h("div", { class: "k" }, "notices (not alerts)"))),
+      isAdmin() ? null : h("p", { class: "flash error", id: "readonly-note" },
+        "This token is read-only (scope 'read'): the incident buttons are disabled."),
+      incidentFilters(facets, labels),
+      flash,
+      page.items.length === 0 ? h("p", { class: "empty" }, "No incident matches these filters.")
+        : h("table", { class: "wide", id: "incident-table" },
+          h("thead", {}, h("tr", {}, ["Status", "Severity", "Device", "Cause", "Alerts", "First seen", "Last seen",
+            "Assignee", "Actions"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, page.items.map((i) => incidentRow(i, labels, flash)))),
+      pager(page, f, "incidents"),
+      h("h2", {}, `Notices (${noticeCount.notices.total})`),
+      h("p", { class: "note" }, "Not security alerts: a device that fell silent or went offline. Counted apart, never an incident."),
+      listTable("notice-table", ["Last seen", "Device", "Category", "Count", "Reason"],
+        notices.items.map((n) => [fmtTime(n.last_ts),
+          h("a", { href: `#/device/${encodeURIComponent(n.device_id)}` }, labels[n.device_id] || n.device_id),
+          n.category, String(n.count), h("span", { class: "reason" }, n.reason)]), "No notices."),
+    ]);
+  }
+
+  function incidentFilters(facets, labels) {
+    const f = state.incidents;
+    const change = (fn) => (e) => { fn(e.target); f.offset = 0; render(); };
+    const causes = facets.by_cause.map((c) => c.key);
+    if (f.cause && !causes.includes(f.cause)) causes.push(f.cause);
+    const devs = facets.by_device.map((d) => d.key);
+    if (f.device && !devs.includes(f.device)) devs.push(f.device);
+    return h("form", { class: "filters", id: "incident-filters", onsubmit: (e) => e.preventDefault() },
+      h("label", {}, "Status", h("select", { id: "incident-filter-status", onchange: change((t) => { f.status = t.value; }) },
+        [["active", "open or acknowledged"], ...INCIDENT_STATUS.map((s) => [s, s]), ["all", "all"]]
+          .map(([v, t]) => h("option", { value: v, selected: f.status === v }, t)))),
+      h("label", {}, "Severity", h("select", { id: "incident-filter-severity", onchange: change((t) => { f.minSev = t.value; }) },
+        [["", "any"], ["1", "high"], ["2", "medium or higher"]].map(([v, t]) => h("option", { value: v, selected: f.minSev === v }, t)))),
+      h("label", {}, "Cause", h("select", { id: "incident-filter-cause", onchange: change((t) => { f.cause = t.value; }) },
+        h("option", { value: "" }, "any"), causes.map((c) => h("option", { value: c, selected: f.cause === c }, c)))),
+      h("label", {}, "Device", h("select", { id: "incident-filter-device", onchange: change((t) => { f.device = t.value; }) },
+        h("option", { value: "" }, "any"),
+        devs.map((d) => h("option", { value: d, selected: f.device === d }, labels[d] && labels[d] !== d ? `${labels[d]} (${d})` : d)))),
+      pageSizeSelect(f));
+  }
+
+  /** The action buttons of an incident (disabled for read-only tokens); ``scope`` of the assignee box. */
+  function incidentActions(i, flash, where) {
+    const admin = isAdmin();
+    const why = admin ? null : "needs a token with the admin scope";
+    const btn = (cls, text, what, body, enabled) => h("button", { type: "button", class: cls, disabled: !admin || !enabled,
+      title: why, onclick: () => incidentAct(i, what, body(), flash, where) }, text);
+    const assignee = h("input", { type: "text", class: "assignee", placeholder: "assignee", value: i.assignee || "",
+      maxlength: 200, disabled: !admin, title: why, "aria-label": `assignee of incident ${i.incident_id}` });
+    const active = i.status === "open" || i.status === "acknowledged";
+    return h("div", { class: "actions" },
+      btn("ack primary", "Acknowledge", "acknowledge", () => ({}), i.status === "open"),
+      btn("expect-device", "Expected (device)", "expected", () => ({ scope: "device" }), i.status !== "expected"),
+      btn("expect-group", "Expected (group)", "expected", () => ({ scope: "group" }), i.status !== "expected"),
+      btn("resolve", "Resolve", "resolve", () => ({}), i.status !== "resolved"),
+      btn("reopen", "Reopen", "reopen", () => ({}), !active),
+      assignee,
+      h("button", { type: "button", class: "assign", disabled: !admin, title: why,
+        onclick: () => incidentAct(i, "assign", { assignee: assignee.value.trim() || null }, flash, where) }, "Assign"));
+  }
+
+  function incidentRow(i, labels, flash) {
+    return h("tr", { dataset: { incident: i.incident_id }, class: i.status === "open" ? `open sev${i.severity}-row` : null },
+      h("td", {}, statusBadge(i.status)),
+      h("td", {}, sevBadge(i.severity)),
+      h("td", {}, h("a", { href: `#/device/${encodeURIComponent(i.device_id)}` }, labels[i.device_id] || i.device_id)),
+      h("td", {}, h("a", { href: `#/incident/${encodeURIComponent(i.incident_id)}`, class: "incident-link" }, i.cause),
+        h("div", { class: "note" }, i.categories.join(", "))),
+      h("td", { class: "num" }, String(i.count)),
+      h("td", {}, fmtTime(i.first_ts)),
+      h("td", {}, fmtTime(i.last_ts)),
+      h("td", { class: "assignee-cell" }, i.assignee || h("span", { class: "muted" }, "-")),
+      h("td", {}, incidentActions(i, flash, "queue")));
+  }
+
+  const DONE = { acknowledge: "acknowledged", expected: "marked expected", resolve: "resolved", reopen: "re-opened" };
+
+  async function incidentAct(i, what, body, flash, where) {
+    const scope = where === "queue" ? `tr[data-incident="${i.incident_id}"]` : "#incident-actions";
+    const buttons = document.querySelectorAll(`${scope} button`);
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const done = await api(`/incidents/${encodeURIComponent(i.incident_id)}/${what}`, { method: "POST", body });
+      const last = done.history[done.history.length - 1] || { actor: "?" };
+      let msg;
+      if (what === "assign") msg = `Incident ${done.incident_id} ${done.assignee ? `assigned to ${done.assignee}` : "unassigned"} by ${last.actor}.`;
+      else if (what === "expected") msg = `Incident ${done.incident_id} marked expected (${body.scope}) by ${last.actor}: the baseline is asked to absorb it.`;
+      else msg = `Incident ${done.incident_id} ${DONE[what]} by ${last.actor}.`;
+      await render();
+      const f2 = $("incident-flash");
+      if (f2) { f2.className = "flash"; f2.textContent = msg; f2.hidden = false; }
+    } catch (e) {
+      if (e.status === 401) return;
+      flash.className = "flash error";
+      flash.hidden = false;
+      if (e.status === 403) {
+        flash.textContent = `Not allowed (403): ${e.detail}. Log in with an admin token to change incidents.`;
+      } else {
+        flash.textContent = `Could not ${what} incident ${i.incident_id}: ${e.message}`;
+        buttons.forEach((b) => { b.disabled = false; });
+      }
+    }
+  }
+
+  // -- one incident -----------------------------------------------------------------------------------
+
+  async function renderIncident(root, id) {
+    let inc;
+    try {
+      inc = await api(`/incidents/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (e.status === 404 || e.status === 422) {
+        append(root, [h("p", {}, h("a", { href: "#/incidents" }, "\u2190 incident queue")),
+          h("p", { class: "error" }, `No incident ${id} in the store.`)]);
+        return;
+      }
+      throw e;
+    }
+    const flash = h("div", { id: "incident-flash", hidden: true });
+    append(root, [
+      h("p", {}, h("a", { href: "#/incidents" }, "\u2190 incident queue")),
+      h("h1", { id: "incident-title" }, `${inc.cause} on `, h("a", { href: `#/device/${encodeURIComponent(inc.device_id)}` }, inc.device_id),
+        " ", statusBadge(inc.status), " ", sevBadge(inc.severity)),
+      flash,
+      h("div", { id: "incident-actions" }, incidentActions(inc, flash, "page")),
+      kvTable([
+        ["Incident", h("span", { class: "mono" }, inc.incident_id)],
+        ["Status", h("span", { id: "incident-status" }, inc.status)],
+        ["Severity", `${inc.severity_name} (most severe alert)`],
+        ["Site / device", `${inc.site_id} / ${inc.device_id}`],
+        ["Cause", `${inc.cause}: ${inc.categories.join(", ")}`],
+        ["Evidence kinds", inc.evidence_kinds.join(", ")],
+        ["Alerts", String(inc.count)],
+        ["First / last seen", `${fmtTime(inc.first_ts)} / ${fmtTime(inc.last_ts)}`],
+        ["Assignee", h("span", { id: "incident-assignee" }, inc.assignee || "-")],
+        ["Follows", inc.previous_id ? h("a", { href: `#/incident/${encodeURIComponent(inc.previous_id)}` }, inc.previous_id) : "-"],
+      ], "incident-facts"),
+      h("h2", {}, `Evidence (${inc.evidence.length} samples)`),
+      listTable("incident-evidence", ["Time", "Category", "Feature", "Severity", "Destination", "Score", "Reason"],
+        inc.evidence.map((s) => [fmtTime(s.ts), s.category, s.feature || "-", s.severity ? sevBadge(s.severity) : "-",
+          h("span", { class: "mono" }, `${s.dest_ip}:${s.dest_port}/${s.proto.toLowerCase()}`), fmtNum(s.score),
+          h("span", { class: "reason" }, s.reason)]), "No evidence."),
+      h("h2", {}, `Alerts (${inc.alerts.length})`),
+      listTable("incident-alerts", ["#", "Severity", "First / last", "Count", "Category", "Reason"],
+        inc.alerts.map((a) => [String(a.id), sevBadge(a.severity), `${fmtTime(a.first_ts)} / ${fmtTime(a.last_ts)}`,
+          String(a.count), `${a.category} (${a.detector})`, h("span", { class: "reason" }, a.reason)]), "No alert rows."),
+      h("h2", {}, "History"),
+      listTable("incident-history", ["When", "Action", "By", "Value", "Note"],
+        inc.history.map((x) => [fmtTime(x.at), x.action, x.actor, x.value || "-", x.note || "-"]), "No actions yet."),
+      h("h2", {}, "Baseline feedback"),
+      listTable("incident-feedback", ["#", "Action", "Scope", "Requested", "By", "Applied", "Result"],
+        inc.feedback.map((x) => [String(x.id), x.action, x.scope, fmtTime(x.created), x.created_by,
+          x.applied_at ? fmtTime(x.applied_at) : "pending", x.result || "-"]), "None: the incident was never marked expected."),
+    ]);
   }
 
   // -- models and integrity ---------------------------------------------------------------------------

@@ -131,6 +131,24 @@ def test_cli_and_api_over_postgres(
         first = alerts["items"][0]["id"]
         r = client.post(f"/alerts/{first}/ack", headers={"Authorization": f"Bearer {admin}"}, json={})
         assert r.status_code == 200 and r.json()["acknowledged"] is True
+        # incidents: what analyze folded (the same ids as its JSON report), and an expected mark
+        incidents = client.get("/incidents", headers={"Authorization": f"Bearer {read}"}).json()
+        assert sorted(i["incident_id"] for i in incidents["items"]) == sorted(
+            i["incident_id"] for i in report["incidents"]
+        )
+        inc = incidents["items"][0]["incident_id"]
+        r = client.post(
+            f"/incidents/{inc}/expected",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={"scope": "group"},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "expected"
+        assert [(f["action"], f["scope"]) for f in r.json()["feedback"]] == [("absorb", "group")]
+    assert iotsentry_main(["incidents", "reopen", inc, "--db", pg_schema_dsn, "--as", "bob"]) == 0
+    capsys.readouterr()
+    assert iotsentry_main(["incidents", "show", inc, "--db", pg_schema_dsn, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "open" and [f["action"] for f in shown["feedback"]] == ["absorb", "revert"]
 
 
 def test_cli_reports_an_unreachable_dsn_in_one_line_without_password(

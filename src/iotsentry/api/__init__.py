@@ -1,8 +1,9 @@
-"""The REST API of the iotsentry monitor (FastAPI): devices, baselines, alerts, models, runs.
+"""The REST API of the iotsentry monitor (FastAPI): devices, baselines, incidents, alerts, models,
+runs.
 
 Every route needs a bearer token (see :mod:`iotsentry.api.auth`); :func:`create_app` builds the
 application, :mod:`iotsentry.api.api_cli` adds the ``iotsentry token`` and ``iotsentry api``
-commands. Names are imported on first use (PEP 562), so the CLI can register its commands
+commands, :mod:`iotsentry.api.incidents_cli` the ``iotsentry incidents`` command. Names are imported on first use (PEP 562), so the CLI can register its commands
 without importing FastAPI.
 """
 

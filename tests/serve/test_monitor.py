@@ -102,7 +102,7 @@ def test_files_appearing_over_time_become_stored_then_sent_alerts(tmp_path: Path
     assert sorted((e["timestamp"], e["device_id"], e["alert"]["category"]) for e in sent_traffic) == want
     assert sorted(incidents) == sorted(i.incident_id for i in book.incidents())  # the same ids
     assert {e["incident_id"] for e in sent_traffic} == set(incidents)
-    assert len(sent) == mon.stats.alerts_sent < mon.stats.alerts_stored  # nothing sent unstored
+    assert len(sent) == mon.stats.alerts_sent <= mon.stats.alerts_stored  # nothing sent unstored
     # canaries ran through the fitted detector; audit and logs tell the story
     assert mon.stats.canary_runs >= 1
     actions = [r.action for r in read_records(tmp_path / "audit.jsonl")]

@@ -3,8 +3,8 @@ runs.
 
 Every route needs a bearer token (see :mod:`iotsentry.api.auth`); :func:`create_app` builds the
 application, :mod:`iotsentry.api.api_cli` adds the ``iotsentry token`` and ``iotsentry api``
-commands, :mod:`iotsentry.api.incidents_cli` the ``iotsentry incidents`` command. Names are imported on first use (PEP 562), so the CLI can register its commands
-without importing FastAPI.
+commands and :mod:`iotsentry.api.incidents_cli` the ``iotsentry incidents`` command. Names are
+imported on first use (PEP 562), so the CLI can register its commands without importing FastAPI.
 """
 
 from __future__ import annotations

@@ -278,6 +278,46 @@ def parse_dns(payload: bytes) -> dict[str, Any]:
     }
 
 
+def parse_dns_partial(payload: bytes) -> dict[str, Any] | None:
+    """The complete records of a DNS message cut short by the capture's snap length.
+
+    Header, questions and then answer records are read in order until one runs past the captured
+    bytes; what was read whole is returned with ``truncated: True`` (a headers-only sensor still
+    sees the queries, and the first answers of short responses). ``None`` when not even the
+    header and the questions are complete.
+    """
+    if len(payload) < 12:
+        return None
+    _id, flags, qd, an, ns, ar = struct.unpack(">HHHHHH", payload[:12])
+    off = 12
+    queries: list[str] = []
+    try:
+        for _ in range(qd):
+            name, off = dpkt.dns.unpack_name(payload, off)
+            if off + 4 > len(payload):
+                return None
+            off += 4
+            queries.append(name)
+    except (dpkt.UnpackError, IndexError, struct.error):
+        return None
+    answers: list[dict[str, Any]] = []
+    d = _DNS()
+    for _ in range(an + ns + ar):
+        try:
+            rr, off = d.unpack_rr(payload, off)
+        except (dpkt.UnpackError, dpkt.NeedData, IndexError, struct.error, ValueError):
+            break
+        ans = _dns_answer(rr)
+        if ans is not None:
+            answers.append(ans)
+    return {
+        "queries": queries,
+        "answers": answers,
+        "is_response": bool(flags & 0x8000),
+        "truncated": True,
+    }
+
+
 def _headers(payload: bytes) -> tuple[list[str], dict[str, str]]:
     """Start line (split in three) and lower-cased headers (first value of repeated ones)."""
     first, sep, rest = payload.partition(b"\n")
@@ -354,7 +394,7 @@ _PARSERS: dict[str, Callable[[bytes], dict[str, Any] | None]] = {
 _CACHE_SIZE = 65536
 _MISSING: Any = object()
 _MALFORMED: Any = {"malformed": True}
-_CACHE: dict[tuple[str, bytes], Any] = {}
+_CACHE: dict[tuple[str, bool, bytes], Any] = {}
 """Parsed fields of recently seen payloads. Events share these dicts: treat them as read-only."""
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +432,7 @@ def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -
     events: list[AppEvent] = []
     index_of, ts_of = batch.index[rows].tolist(), batch.ts[rows].tolist()
     smac_of, dmac_of = batch.src_mac[rows].tolist(), batch.dst_mac[rows].tolist()
+    cut_of = (batch.cap_len[rows] < batch.wire_len[rows]).tolist()
     ips = batch.src_ip_hi[rows].tolist(), batch.src_ip_lo[rows].tolist()
     ipd = batch.dst_ip_hi[rows].tolist(), batch.dst_ip_lo[rows].tolist()
     for j, i in enumerate(rows.tolist()):
@@ -399,15 +440,19 @@ def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -
         if stats is not None:
             stats.candidates[k] += 1
         payload = raw[start[i] : end[i]].tobytes()
+        cut = bool(cut_of[j])
         # devices repeat themselves (announcements, polls): parse each distinct payload once;
         # for DNS the 2-byte transaction id is left out of the key (the fields do not hold it)
-        key = (k, payload[2:] if k in ("dns", "mdns") else payload)
+        key = (k, cut, payload[2:] if k in ("dns", "mdns") else payload)
         cached = _CACHE.get(key, _MISSING)
         if cached is _MISSING:
             try:
                 fields = _PARSERS[k](payload)
             except _PARSE_ERRORS:
                 fields = _MALFORMED
+                if cut and k in ("dns", "mdns"):
+                    # cut by the snap length: keep the records captured whole
+                    fields = parse_dns_partial(payload) or _MALFORMED
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.clear()
             _CACHE[key] = fields

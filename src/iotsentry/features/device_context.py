@@ -2,8 +2,10 @@
 
 A packet is attributed to its sender when the sender is a (non-gateway) device, else to its
 receiver; traffic the gateway relays for the internet is thereby seen from the device's side.
-The peer is the other IP address; the service port is the lower of the two ports (the server
-side for ordinary client/server traffic), ICMP echo replies are folded onto requests.
+The peer is the other IP address; the service port is the port of the side that answers (the
+responder of the conversation, see :mod:`~iotsentry.features.direction`), and only the packets
+a device sends in conversations it opened are its *initiations*. ICMP echo replies are folded
+onto requests.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.features.addresses import is_local, is_multicast
+from iotsentry.features.direction import originator_of_batch
 from iotsentry.schema import PacketBatch, ip_from_str
 
 WINDOW_S = 60.0
@@ -99,14 +103,31 @@ class PacketContext:
     initiation: npt.NDArray[np.bool_]
     syn_only: npt.NDArray[np.bool_]
     window: npt.NDArray[np.int64]
+    certain: npt.NDArray[np.bool_] | None = None
+    """Whether the packet's direction (who opened the conversation) is known from a handshake
+    rather than guessed from who spoke first (``None``: not tracked)."""
 
     def __len__(self) -> int:
         return len(self.device)
 
 
-def packet_context(batch: PacketBatch, index: DeviceIndex, window_s: float = WINDOW_S) -> PacketContext:
-    """Attribute every packet of ``batch`` to a device (or -1) and describe its peer."""
+def packet_context(
+    batch: PacketBatch,
+    index: DeviceIndex,
+    window_s: float = WINDOW_S,
+    direction: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
+) -> PacketContext:
+    """Attribute every packet of ``batch`` to a device (or -1) and describe its peer.
+
+    ``direction`` says per packet whether its sender opened the conversation and whether that
+    is certain (:meth:`~iotsentry.features.direction.FlowDirection.update` of the stream);
+    without it the batch is taken as a stream of its own. The service is the responder's port
+    where a TCP handshake told who responded, else the remote peer's port (devices are the
+    clients of their clouds, also for connections that began before the capture), else the
+    lower of the two ports.
+    """
     b = batch
+    from_orig, certain = originator_of_batch(b) if direction is None else direction
     sdev = index.of_macs(b.src_mac)
     ddev = index.of_macs(b.dst_mac)
     if len(index._ips):
@@ -124,14 +145,21 @@ def packet_context(batch: PacketBatch, index: DeviceIndex, window_s: float = WIN
     proto = b.proto.copy()
     icmp = (proto == 1) | (proto == 58)
     sport, dport = b.src_port, b.dst_port
-    service = np.minimum(sport, dport)
+    # the responder's port where a handshake told who responded; else the remote peer's port
+    # (devices are the clients of their clouds), and the lower port between two local hosts
+    peer_port = np.where(outbound, dport, sport)
+    remote = ~is_local(peer_hi, peer_lo) & ~is_multicast(peer_hi, peer_lo) & (b.ip_version > 0)
+    guess = np.where(remote & (device >= 0), peer_port, np.minimum(sport, dport))
+    service = np.where(certain, np.where(from_orig, dport, sport), guess)
     icmp_type = sport.copy()
     icmp_type[(proto == 1) & (icmp_type == 0)] = 8
     icmp_type[(proto == 58) & (icmp_type == 129)] = 128
     service = np.where(icmp, icmp_type, service).astype(np.uint16)
     flags = b.tcp_flags
     syn_only = (proto == 6) & ((flags & 0x12) == 0x02)
-    initiation = outbound & (syn_only | (proto == 17) | (icmp & ((icmp_type == 8) | (icmp_type == 128))))
+    initiation = outbound & (
+        syn_only | ((proto == 17) & from_orig) | (icmp & ((icmp_type == 8) | (icmp_type == 128)))
+    )
     window = np.floor(b.ts / window_s).astype(np.int64)
     return PacketContext(
         device=device,
@@ -143,4 +171,5 @@ def packet_context(batch: PacketBatch, index: DeviceIndex, window_s: float = WIN
         initiation=initiation,
         syn_only=syn_only & outbound,
         window=window,
+        certain=certain,
     )

@@ -122,13 +122,16 @@ def window_table(
     named_peer: npt.NDArray[np.bool_],
     known_service: npt.NDArray[np.bool_],
     new_token: npt.NDArray[np.uint64] | None = None,
+    known_target: npt.NDArray[np.bool_] | None = None,
 ) -> WindowTable:
     """Aggregate a batch into per-(device, window) feature rows.
 
     ``known_peer``/``known_service`` say per packet whether the device's baseline already holds
     the peer / service; ``named_peer`` whether the peer IP was reached through a DNS name;
     ``new_token`` the hash of an application token (DNS name, User-Agent, SNI) the device's
-    baseline has never seen, 0 where the packet carries none.
+    baseline has never seen, 0 where the packet carries none; ``known_target`` whether the
+    packet's (peer, service) is one the device's baseline already uses: reconnect bursts to
+    such a target are not counted as brute-force attempts, except on login services.
     """
     n = len(ctx)
     # brute force: repeated TCP attempts to a remote service, or to a login service on the LAN
@@ -139,6 +142,8 @@ def window_table(
         hi, lo = ctx.peer_hi[cand], ctx.peer_lo[cand]
         remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
         dport = np.where(ctx.outbound[cand], batch.dst_port[cand], batch.src_port[cand]).astype(np.uint64)
+        if known_target is not None:
+            remote &= ~known_target[cand]
         attempt[cand] = remote | np.isin(dport, LOGIN_PORTS)
     tokens = np.zeros(n, dtype=np.uint64) if new_token is None else new_token
     uk, X, group, shape = K.window_features(

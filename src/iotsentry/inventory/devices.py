@@ -59,6 +59,8 @@ class DeviceTracker:
         self._ip_only: dict[str, _MacState] = {}
         self._devices: dict[str, Device] = {}
         self.ip_names: dict[str, str] = {}
+        self.ip_name_ts: dict[str, float] = {}
+        """When a name was first seen for each address of :attr:`ip_names` (packet time)."""
         """Last DNS / mDNS name seen resolving to each IP (used to name peers)."""
         self._dhcp_servers: Counter[int] = Counter()
         self._seen_events: dict[tuple[int, str, int], Any] = {}
@@ -177,7 +179,9 @@ class DeviceTracker:
         elif ev.kind in ("dns", "mdns"):
             for ans in f.get("answers") or ():
                 if ans.get("type") in ("A", "AAAA", 1, 28) and ans.get("value"):
-                    self.ip_names[str(ans["value"])] = str(ans.get("name", "")).rstrip(".")
+                    ip = str(ans["value"])
+                    self.ip_names[ip] = str(ans.get("name", "")).rstrip(".")
+                    self.ip_name_ts[ip] = min(self.ip_name_ts.get(ip, ev.ts), ev.ts)
             dev = self._device_for_event(ev.src_mac)
             if dev is None:
                 return

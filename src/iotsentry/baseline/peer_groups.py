@@ -138,11 +138,17 @@ def profile_vector(profile: DeviceProfile) -> F64:
     return np.r_[head, local_share, named_share, svc, min(other / n_win, 1.0)].astype(np.float64)
 
 
-def profile_vectors(baseline: Baseline, min_windows: int = 1) -> tuple[list[str], F64]:
-    """(device ids, vectors) of the devices of a baseline with at least ``min_windows`` windows."""
+def profile_vectors(
+    baseline: Baseline, min_windows: int = 1, devices: Sequence[str] | None = None
+) -> tuple[list[str], F64]:
+    """(device ids, vectors) of the devices of a baseline with at least ``min_windows`` windows
+    (only those in ``devices`` when given)."""
     ids: list[str] = []
     rows: list[F64] = []
+    keep = set(devices) if devices is not None else None
     for prof in baseline.profiles:
+        if keep is not None and prof.device_id not in keep:
+            continue
         if len(prof.windows) >= min_windows:
             ids.append(prof.device_id)
             rows.append(profile_vector(prof))
@@ -390,6 +396,7 @@ def peer_group_findings(
     labels: Mapping[str, str] | None = None,
     min_windows: int = 5,
     groups: PeerGroups | None = None,
+    devices: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Devices that leave their peer group, as dicts the pipeline can turn into alerts.
 
@@ -403,6 +410,8 @@ def peer_group_findings(
         Devices with fewer learned windows are not grouped.
     groups
         An unfitted :class:`PeerGroups` with custom parameters (default ``PeerGroups()``).
+    devices
+        Only these devices (e.g. those whose learning has ended); default all.
 
     Returns
     -------
@@ -410,7 +419,7 @@ def peer_group_findings(
         ``device_id``, ``group``, ``reason``, ``score`` (distance / threshold, > 1) and
         ``threshold`` (1.0), ``distance``, ``group_size``.
     """
-    ids, X = profile_vectors(baseline, min_windows=min_windows)
+    ids, X = profile_vectors(baseline, min_windows=min_windows, devices=devices)
     if len(ids) < 3:
         return []
     pg = (groups or PeerGroups()).fit(ids, X)

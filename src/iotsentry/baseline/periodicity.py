@@ -122,8 +122,15 @@ class PeriodicityTracker:
             self._append(self._learn, k, _Series(dev, peer, svc), t, None)
 
     def freeze(self) -> None:
-        """Turn regular learned series into schedules."""
-        for k, s in self._learn.items():
+        """Turn regular learned series into schedules (every device's learning ended)."""
+        self.freeze_devices(None)
+
+    def freeze_devices(self, devices: set[int] | None) -> None:
+        """Turn the regular learned series of these devices (``None``: all) into schedules; their
+        learning series are dropped."""
+        done = [k for k, s in self._learn.items() if devices is None or s.device in devices]
+        for k in done:
+            s = self._learn.pop(k)
             reg = regular_period(s.times)
             long_enough = (
                 len(s.times) >= SCHEDULE_MIN_STARTS and s.times[-1] - s.times[0] >= SCHEDULE_MIN_SPAN_S
@@ -132,6 +139,14 @@ class PeriodicityTracker:
                 self.schedules[k] = Schedule(
                     s.device, s.peer, s.service, reg[0], reg[1], s.times[-1], len(s.times)
                 )
+
+    def learning_series(self) -> list[tuple[int, int, str, str, list[float]]]:
+        """(key, device, peer, service, start times) of the series still learning."""
+        return [(k, s.device, s.peer, s.service, list(s.times)) for k, s in self._learn.items()]
+
+    def restore_learning(self, key: int, device: int, peer: str, service: str, times: list[float]) -> None:
+        """Put back a learning series (a restored baseline whose device still learns)."""
+        self._learn[int(key)] = _Series(int(device), peer, service, [float(t) for t in times][-MAX_TIMES:])
 
     def observe(
         self,

@@ -8,8 +8,11 @@ A saved baseline is a flat directory:
     data files hold and their SHA-256 digests.
 ``profiles.json``
     Per device (in device-number order): peers and services (``[key, windows]`` pairs in their
-    counting order), peer names, names, quarantined entries, capped features; the learned
-    (device, name) pairs; the labels (peer, service) of the learned schedules; ``drift_guard``.
+    counting order), peer names, names, quarantined entries, capped features, its remote
+    identity (networks, domains, bare-IP services, high-UDP networks), its learning clock (start,
+    end, whether learning ended), its groups and its history of absorbed behaviour; the learned
+    (device, name) pairs; the labels (peer, service) of the learned schedules; the connection
+    series of devices still learning; whether a bare IP is evidence per device; ``drift_guard``.
 ``arrays.npz``
     The numeric state (``np.savez``, loaded with ``allow_pickle=False``): window feature rows
     with their device and time, discovery times, first / last packet time per device, the sorted
@@ -18,10 +21,11 @@ A saved baseline is a flat directory:
 ``metadata.json``
     The caller's JSON object (the streaming engine keeps its learning end, labels, DNS names...).
 
-Only the state detection reads is kept: the learning-time accumulators (raw periodicity series,
-drift-guard histograms) are dropped, so a loaded baseline is frozen and cannot learn more.
-A baseline is saved right after :meth:`~iotsentry.baseline.profile.Baseline.freeze`: detection
-moves the schedules' last start times, which are saved as they are.
+A living baseline is saved as it is at any time: devices whose learning ended, devices still
+learning (with their connection series, so learning resumes after a restore) and what was
+absorbed since. The drift guard's histograms are not kept: a device still learning when the
+baseline is saved resumes learning without them. Detection moves the schedules' last start
+times, which are saved as they are.
 
 Loading checks everything before building anything: the file set, every digest and size, the
 format version, the array names, dtypes and shapes, the JSON types, and that the parts agree
@@ -55,6 +59,7 @@ from iotsentry.baseline.periodicity import Schedule
 from iotsentry.baseline.profile import Baseline, DeviceProfile
 from iotsentry.errors import InputError
 from iotsentry.features.windows import WINDOW_FEATURES
+from iotsentry.schema import ip_from_str
 
 __all__ = [
     "ARRAYS_FILE",
@@ -73,7 +78,7 @@ __all__ = [
 ]
 
 FORMAT = "iotsentry-baseline"
-VERSION = 1
+VERSION = 2
 MANIFEST_FILE = "manifest.json"
 PROFILES_FILE = "profiles.json"
 ARRAYS_FILE = "arrays.npz"
@@ -119,6 +124,10 @@ def _json_bytes(doc: Any) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n").encode()
 
 
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def _profile_doc(p: DeviceProfile) -> dict[str, Any]:
     return {
         "device_id": p.device_id,
@@ -128,6 +137,15 @@ def _profile_doc(p: DeviceProfile) -> dict[str, Any]:
         "services": [[s, int(n)] for s, n in p.services.items()],
         "quarantined": list(p.quarantined),
         "capped": list(p.capped),
+        "networks": sorted(p.networks),
+        "domains": sorted(p.domains),
+        "bare_services": sorted(p.bare_services),
+        "high_networks": sorted(p.high_networks),
+        "learn_start": _finite_or_none(p.learn_start),
+        "learn_end": _finite_or_none(p.learn_end),
+        "active": bool(p.active),
+        "groups": list(p.groups),
+        "history": list(p.history),
     }
 
 
@@ -137,17 +155,15 @@ def encode_baseline(baseline: Baseline, metadata: Mapping[str, Any] | None = Non
     Parameters
     ----------
     baseline
-        A frozen baseline (learning ended: :meth:`Baseline.freeze` or ``ProfileDetector.fit``).
+        The baseline (devices may still be learning).
     metadata
         A JSON-ready object stored as ``metadata.json`` (finite numbers only).
 
     Raises
     ------
     ValueError
-        The baseline is not frozen, or ``metadata`` is not JSON-ready.
+        ``metadata`` is not JSON-ready.
     """
-    if not baseline.frozen:
-        raise ValueError("only a frozen baseline can be saved (freeze it, or fit its detector, first)")
     n_dev = len(baseline.profiles)
     nf = len(WINDOW_FEATURES)
     win_rows: list[npt.NDArray[np.float64]] = []
@@ -197,6 +213,11 @@ def encode_baseline(baseline: Baseline, metadata: Mapping[str, Any] | None = Non
         "profiles": [_profile_doc(p) for p in baseline.profiles],
         "learned_names": [[int(d), sorted(names)] for d, names in sorted(baseline._names.items()) if names],
         "schedule_labels": [[s.peer, s.service] for _, s in sched],
+        "learning_series": [
+            [str(k), int(d), peer, svc, [float(t) for t in times]]
+            for k, d, peer, svc, times in baseline.periodicity.learning_series()
+        ],
+        "names_evidence": [bool(x) for x in baseline.names_evidence.tolist()],
     }
     try:
         files = {
@@ -543,6 +564,28 @@ def _build(
             raise c.fail(f"{what}.capped names an unknown window feature")
         p.first_ts = float(arrays["first_ts"][d])
         p.last_ts = float(arrays["last_ts"][d])
+        for attr in ("networks", "domains", "bare_services", "high_networks"):
+            setattr(p, attr, set(c.strs(e.get(attr), f"{what}.{attr}")))
+        for attr in ("learn_start", "learn_end"):
+            v = e.get(attr)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise c.fail(f"{what}.{attr}: expected a number or null")
+            setattr(p, attr, float(v) if v is not None else float("inf"))
+        active = e.get("active")
+        if not isinstance(active, bool):
+            raise c.fail(f"{what}.active: expected true or false")
+        p.active = active
+        p.groups = c.strs(e.get("groups"), f"{what}.groups")
+        p.history = [c.obj(h, f"{what}.history") for h in c.lst(e.get("history"), f"{what}.history")]
+        for x in p.networks | p.high_networks:
+            try:
+                ip_from_str(x.split("/")[0])
+            except ValueError:
+                raise c.fail(f"{what}: {x!r} is not an address or network") from None
+        for x in p.bare_services:
+            proto, _, port = x.partition("/")
+            if not proto or not port.isdigit():
+                raise c.fail(f"{what}.bare_services: {x!r} is not a service")
     # windows and discoveries, grouped by device in their original order
     wd, X, wts = arrays["window_device"], arrays["windows"], arrays["window_ts"]
     for d in np.unique(wd).tolist():
@@ -552,11 +595,12 @@ def _build(
     dd, disc = arrays["discovery_device"], arrays["discoveries"]
     for d in np.unique(dd).tolist():
         b.profiles[d].discoveries = disc[dd == d].tolist()
-    # lookup tables (and the dictionaries they were built from)
-    b._peer_keys, b._peer_counts = arrays["peer_keys"], arrays["peer_counts"]
-    b._svc_keys, b._svc_counts = arrays["service_keys"], arrays["service_counts"]
-    b._peer_win = dict(zip(b._peer_keys.tolist(), (int(x) for x in b._peer_counts.tolist()), strict=True))
-    b._svc_win = dict(zip(b._svc_keys.tolist(), (int(x) for x in b._svc_counts.tolist()), strict=True))
+    # lookup tables (the dictionaries they are built from)
+    pk, pc = arrays["peer_keys"], arrays["peer_counts"]
+    sk, sc = arrays["service_keys"], arrays["service_counts"]
+    b._peer_win = dict(zip(pk.tolist(), (int(x) for x in pc.tolist()), strict=True))
+    b._svc_win = dict(zip(sk.tolist(), (int(x) for x in sc.tolist()), strict=True))
+    b.rebuild_identity()
     names: defaultdict[int, set[str]] = defaultdict(set)
     for raw in c.lst(doc.get("learned_names"), "learned_names"):
         if not isinstance(raw, list) or len(raw) != 2:
@@ -584,7 +628,24 @@ def _build(
             last_ts=float(arrays["schedule_last"][i]),
             count=int(arrays["schedule_count"][i]),
         )
-    b._frozen = True
+    for raw in c.lst(doc.get("learning_series"), "learning_series"):
+        if not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[4], list):
+            raise c.fail("learning_series: expected [key, device, peer, service, [times]] entries")
+        key = c.str_(raw[0], "learning_series")
+        dev = c.int_(raw[1], "learning_series")
+        if not key.isdigit() or dev >= len(device_ids):
+            raise c.fail("learning_series: bad key or device")
+        times = [float(t) for t in raw[4] if isinstance(t, int | float) and not isinstance(t, bool)]
+        if len(times) != len(raw[4]) or not all(np.isfinite(times)):
+            raise c.fail("learning_series: times must be finite numbers")
+        b.periodicity.restore_learning(
+            int(key), dev, c.str_(raw[2], "learning_series"), c.str_(raw[3], "learning_series"), times
+        )
+    evidence = c.lst(doc.get("names_evidence"), "names_evidence")
+    if len(evidence) != len(device_ids) or not all(isinstance(x, bool) for x in evidence):
+        raise c.fail("names_evidence: expected one true / false per device")
+    b.names_evidence = np.array(evidence, dtype=bool)
+    b.rebuild_groups()
     return b
 
 
@@ -607,7 +668,7 @@ def load_baseline_with_metadata(directory: str | Path) -> tuple[Baseline, dict[s
 
 
 def load_baseline(directory: str | Path) -> Baseline:
-    """Load a saved baseline (frozen, ready for ``ProfileDetector(baseline).fit()``).
+    """Load a saved baseline (devices whose learning ended are ready for detection).
 
     Raises
     ------

@@ -1,10 +1,20 @@
 """Per-device behavioural baselines: peers, services, volumes per window, discovery over time.
 
-The baseline is learned from the packets of a learning period, window by window, and then
-frozen: membership tests during detection are vectorised (sorted hash arrays). The per-packet
-grouping while learning runs in the numba hash kernels of ``features._window_kernels``. Peers are kept
-with the DNS name that resolved to them, so a cloud service that rotates addresses behind one
-name stays known.
+Every device learns on its own clock: from its own first packet for ``learn_s`` seconds
+(:meth:`Baseline.start_clock`; a device that appears on day 3 gets its own learning period),
+after which :meth:`Baseline.finish` ends its learning (its schedules are frozen, its knowledge is
+shared with its groups) and detection judges it. The per-packet grouping while learning runs
+in the numba hash kernels of ``features._window_kernels``; membership tests during detection are
+vectorised (sorted hash arrays, :class:`~iotsentry.baseline.keysets.KeySet`).
+
+A remote is known to a device by more than its address (:mod:`~iotsentry.baseline.identity`):
+the registrable domain of its DNS name, its /24 (/48) network, and whether the devices of the
+same type or vendor (the device's *groups*) learned it. A new address of a service the device
+already reaches by bare IP is "another server of a known service", not a new peer; UDP between
+two unprivileged ports is one service per peer network. :meth:`Baseline.identity` gives all of
+it per packet. After learning, the baseline keeps living: :meth:`Baseline.absorb` adds
+behaviour that persisted without being alerted, or that an operator marked expected
+(:mod:`~iotsentry.baseline.living`), and records it in the device's history.
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.baseline import identity as ident
+from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
 from iotsentry.baseline.ramp_guard import RampGuard
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
-from iotsentry.features.device_context import PacketContext
+from iotsentry.features.device_context import WINDOW_S, PacketContext
 from iotsentry.features.windows import WINDOW_FEATURES, window_table
 from iotsentry.schema import PROTO_NAMES, PacketBatch, ip_from_str, ip_to_str
 
@@ -67,6 +79,24 @@ class DeviceProfile:
     """Window features whose learned range was capped at the first half's (they ramped up)."""
     first_ts: float = float("inf")
     last_ts: float = float("-inf")
+    networks: set[str] = field(default_factory=set)
+    """Remote /24 (/48) networks it talked to (``a.b.c.0/24``)."""
+    domains: set[str] = field(default_factory=set)
+    """Registrable domains of the names it used or reached peers by."""
+    bare_services: set[str] = field(default_factory=set)
+    """Services (``TCP/443``) it reached on remote peers by bare IP (no DNS name)."""
+    high_networks: set[str] = field(default_factory=set)
+    """Networks (remote) or addresses (local) it exchanged UDP with between unprivileged ports."""
+    learn_start: float = float("inf")
+    """Its own first packet: its learning clock starts here."""
+    learn_end: float = float("inf")
+    """End of its learning period (window-aligned); ``inf`` before its first packet."""
+    active: bool = False
+    """Learning ended; detection judges it."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """What was absorbed after learning (or reverted): ts, kind, item, source, reason."""
+    groups: list[str] = field(default_factory=list)
+    """Its groups (``type:camera``, ``vendor:...``): what they learned is known to it too."""
 
     def matrix(self) -> npt.NDArray[np.float64]:
         """Window feature matrix (rows in time order)."""
@@ -106,7 +136,26 @@ class DeviceProfile:
             "maturity": mat.to_dict(),
             "quarantined": list(self.quarantined),
             "capped_features": list(self.capped),
+            "networks": sorted(self.networks)[:MAX_PEERS_LISTED],
+            "domains": sorted(self.domains)[:MAX_PEERS_LISTED],
+            "bare_services": sorted(self.bare_services),
+            "learn_start": self.learn_start if np.isfinite(self.learn_start) else None,
+            "learn_end": self.learn_end if np.isfinite(self.learn_end) else None,
+            "learning": not self.active,
+            "groups": list(self.groups),
+            "history": self.history[-MAX_PEERS_LISTED:],
         }
+
+    def remote_peers(self) -> int:
+        """How many remote (not local, not multicast) peer addresses it learned."""
+        return sum(1 for ip in self.peers if not _is_local_text(ip))
+
+    def named_share(self) -> float:
+        """Share of its learned remote peers it reached through a DNS name (0 when it has none)."""
+        remote = [ip for ip in self.peers if not _is_local_text(ip)]
+        if not remote:
+            return 0.0
+        return sum(1 for ip in remote if ip in self.peer_names) / len(remote)
 
     def top_services(self, k: int = 4) -> str:
         """``443/tcp, 123/udp`` style list of the most used services."""
@@ -122,8 +171,41 @@ def service_label(proto: int, port: int) -> str:
     return f"{PROTO_NAMES.get(int(proto), str(int(proto)))}/{int(port)}"
 
 
+@dataclass
+class Identity:
+    """Per packet: what the device's baseline knows of the packet's remote (see
+    :meth:`Baseline.identity`)."""
+
+    valid: npt.NDArray[np.bool_]
+    """Attributed to a device and carried by IP."""
+    local: npt.NDArray[np.bool_]
+    """Peer is local, multicast, or the packet is not IP."""
+    peer_windows: npt.NDArray[np.float64]
+    """Learned windows of the exact (device, peer address); 0 = never."""
+    service_windows: npt.NDArray[np.float64]
+    """Learned windows of the (device, service); 0 = never."""
+    has_name: npt.NDArray[np.bool_]
+    """The peer address was reached through a DNS name (or is local)."""
+    name_known: npt.NDArray[np.bool_]
+    """The peer's DNS name, or its registrable domain, is known to the device or its groups."""
+    net_known: npt.NDArray[np.bool_]
+    """The peer's network is known to the device."""
+    group_known: npt.NDArray[np.bool_]
+    """The peer's network is known to one of the device's groups."""
+    known_peer: npt.NDArray[np.bool_]
+    """Any of the above (or local, or not a remote at all)."""
+    churn: npt.NDArray[np.bool_]
+    """Not a known peer, but another address of a service the device reaches by bare IP."""
+    known_service: npt.NDArray[np.bool_]
+    """The service is learned (or UDP between unprivileged ports with a known network)."""
+    high_udp: npt.NDArray[np.bool_]
+    """UDP between two unprivileged ports."""
+    high_known: npt.NDArray[np.bool_]
+    """... with a network (a local address) the device or its groups exchanged such UDP with."""
+
+
 class Baseline:
-    """All device profiles of a site, learned from packet batches, then frozen for detection."""
+    """All device profiles of a site: learned per device on its own clock, then living."""
 
     def __init__(self, device_ids: list[str]) -> None:
         self.device_ids = list(device_ids)
@@ -131,18 +213,25 @@ class Baseline:
         self._peer_win: dict[int, int] = {}
         self._svc_win: dict[int, int] = {}
         self._names: dict[int, set[str]] = defaultdict(set)
-        self._frozen = False
         self.periodicity = PeriodicityTracker()
         self._tokens: dict[int, set[int]] = defaultdict(set)
-        self._peer_keys = np.zeros(0, np.uint64)
-        self._peer_counts = np.zeros(0, np.float64)
-        self._svc_keys = np.zeros(0, np.uint64)
-        self._svc_counts = np.zeros(0, np.float64)
+        self._peer_tab: tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]] | None = None
+        self._svc_tab: tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]] | None = None
+        self.known = KeySet()
+        """Identity keys (:func:`~iotsentry.baseline.identity.key`) owned by devices: networks,
+        domains, bare-IP services, high-UDP networks."""
+        self.group_known = KeySet()
+        """The same keys owned by groups (the union of their active members' knowledge)."""
         self.drift_guard = False
         """Refuse bare-IP peers that ramp up while learning (:mod:`~iotsentry.baseline.ramp_guard`)."""
         self._guard = RampGuard()
         self._key_label: dict[int, tuple[int, str, str]] = {}
         """Learned key -> (device, "peer" | "service", address or service label)."""
+        self._bare_peers: dict[int, dict[str, set[str]]] = {}
+        """With the drift guard, while learning: device -> bare-IP service -> the peers on it."""
+        self.names_evidence = np.ones(len(self.device_ids), dtype=bool)
+        """Per device: a bare-IP peer is evidence (the device's DNS answers are observable and it
+        names its peers); set by the caller from :mod:`~iotsentry.baseline.visibility`."""
 
     # -- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -155,20 +244,178 @@ class Baseline:
         """Hash of (device, protocol, service port) per packet."""
         return _mix(ctx.device.astype(np.uint64), ctx.proto.astype(np.uint64), ctx.service.astype(np.uint64))
 
+    # -- clocks --------------------------------------------------------------------------------
+    def start_clock(self, device: int, first_ts: float, learn_s: float, until: float | None = None) -> None:
+        """Start a device's learning clock at its first packet (no-op when already started).
+
+        Its learning ends ``learn_s`` later, window-aligned, or at ``until`` (a deadline for every
+        device, as evaluation protocols that learn only before an infection need) if earlier.
+        """
+        p = self.profiles[device]
+        if np.isfinite(p.learn_start):
+            return
+        p.learn_start = float(first_ts)
+        end = first_ts + max(0.0, learn_s)
+        if until is not None:
+            end = min(end, until)
+        p.learn_end = float(np.floor(end / WINDOW_S) * WINDOW_S)
+
+    def learn_ends(self) -> npt.NDArray[np.float64]:
+        """Per device: the end of its learning period (``inf`` before its first packet)."""
+        return np.array([p.learn_end for p in self.profiles], dtype=np.float64)
+
+    def learning_mask(
+        self, device: npt.NDArray[np.int32], ts: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.bool_]:
+        """Per packet: attributed to a device that still learns at the packet's time."""
+        ends = self.learn_ends()
+        if not len(ends):
+            return np.zeros(len(device), dtype=bool)
+        d = np.maximum(device, 0)
+        active = np.array([p.active for p in self.profiles], dtype=bool)
+        return (device >= 0) & ~active[d] & (ts < ends[d])
+
+    def due(self, now: float) -> list[int]:
+        """Devices still learning whose learning period ended before ``now``."""
+        return [i for i, p in enumerate(self.profiles) if not p.active and p.learn_end <= now]
+
+    def finish(self, devices: list[int]) -> None:
+        """End the learning of these devices: freeze their schedules, share their knowledge."""
+        if not devices:
+            return
+        ramped = self._guard.ramped() if self.drift_guard else {}
+        for d in devices:
+            p = self.profiles[d]
+            if p.active:
+                continue
+            p.active = True
+            if ramped:
+                self._quarantine({k: v for k, v in ramped.items() if self._key_label.get(k, (-1,))[0] == d})
+            self._bare_peers.pop(d, None)
+            self._share(d)
+        self.periodicity.freeze_devices(set(devices))
+        self._peer_tab = self._svc_tab = None
+
+    def freeze(self) -> None:
+        """End learning for every device (a batch run's single learning end)."""
+        self.finish([i for i, p in enumerate(self.profiles) if not p.active])
+
+    @property
+    def frozen(self) -> bool:
+        """Whether every device's learning has ended."""
+        return all(p.active for p in self.profiles)
+
+    def add_device(self, device_id: str) -> int:
+        """Register a device first seen later (its own clock starts at its first packet)."""
+        self.device_ids.append(device_id)
+        self.profiles.append(DeviceProfile(device_id))
+        self.names_evidence = np.append(self.names_evidence, True)
+        return len(self.profiles) - 1
+
+    # -- groups --------------------------------------------------------------------------------
+    def set_groups(self, device: int, groups: list[str]) -> None:
+        """The device's groups; an active device's knowledge is shared with new ones."""
+        p = self.profiles[device]
+        new = [g for g in groups if g not in p.groups]
+        p.groups = list(groups)
+        if new and p.active:
+            self._share(device, only=new)
+
+    def _share(self, d: int, only: list[str] | None = None) -> None:
+        """Copy device ``d``'s networks, domains and high-UDP networks into its groups' knowledge."""
+        p = self.profiles[d]
+        for g in only if only is not None else p.groups:
+            owner = ident.group_owner(g)
+            self._add_items(owner, "net", p.networks, self.group_known)
+            self._add_items(owner, "dom", p.domains, self.group_known)
+            self._add_items(owner, "high", p.high_networks, self.group_known)
+            self._add_items(owner, "bare", p.bare_services, self.group_known)
+
+    def _add_items(self, owner: int, kind: str, items: set[str], into: KeySet | None = None) -> int:
+        into = self.known if into is None else into
+        if not items:
+            return 0
+        if kind == "dom":
+            vals = [ident.domain_hash(x) for x in items]
+            return into.add(ident.key("dom", owner, np.array(vals, np.uint64)))
+        if kind == "bare":
+            pp = [_service_parts(x) for x in items]
+            return into.add(
+                ident.key(
+                    "bare",
+                    owner,
+                    np.array([a for a, _ in pp], np.uint64),
+                    np.array([b for _, b in pp], np.uint64),
+                )
+            )
+        return into.add(ident.key(kind, owner, *_addr_cols(items)))
+
+    def group_owners(self) -> npt.NDArray[np.uint64]:
+        """(devices, 2) owner numbers of each device's first two groups (0 = none)."""
+        out = np.zeros((len(self.profiles), 2), dtype=np.uint64)
+        for i, p in enumerate(self.profiles):
+            for j, g in enumerate(p.groups[:2]):
+                out[i, j] = ident.group_owner(g)
+        return out
+
     # -- lookups -----------------------------------------------------------------------------
+    def _tables(self) -> tuple[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]], ...]:
+        if self._peer_tab is None:
+            self._peer_tab = _sorted_table(self._peer_win)
+        if self._svc_tab is None:
+            self._svc_tab = _sorted_table(self._svc_win)
+        return self._peer_tab, self._svc_tab
+
+    @property
+    def _peer_keys(self) -> npt.NDArray[np.uint64]:
+        return self._tables()[0][0]
+
+    @property
+    def _peer_counts(self) -> npt.NDArray[np.float64]:
+        return self._tables()[0][1]
+
+    @property
+    def _svc_keys(self) -> npt.NDArray[np.uint64]:
+        return self._tables()[1][0]
+
+    @property
+    def _svc_counts(self) -> npt.NDArray[np.float64]:
+        return self._tables()[1][1]
+
     def peer_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
         """Windows in which each packet's (device, peer) was seen while learning (0 = never)."""
-        return _count_lookup(self._peer_keys, self._peer_counts, self.peer_keys(ctx))
+        keys, counts = self._tables()[0]
+        return _count_lookup(keys, counts, self.peer_keys(ctx))
 
     def service_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
         """Windows in which each packet's (device, service) was seen while learning."""
-        return _count_lookup(self._svc_keys, self._svc_counts, self.service_keys(ctx))
+        keys, counts = self._tables()[1]
+        return _count_lookup(keys, counts, self.service_keys(ctx))
 
     def named(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        name_ts: dict[str, float] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Per packet: (peer reached through a DNS name or local, peer's name known to the device,
-        peer is local / multicast / not IP)."""
+        """Per packet: (peer reached through a DNS name or local, peer's name or its registrable
+        domain known to the device or its groups, peer is local / multicast / not IP).
+
+        With ``name_ts`` (address -> when its name was first seen), a name counts only for the
+        packets at or after that time, so the verdict does not depend on how the stream is cut.
+        """
+        has_name, name_known, local, _ = self._named(batch, ctx, ip_names, name_ts)
+        return has_name | local, name_known, local
+
+    def _named(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        name_ts: dict[str, float] | None = None,
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+        """As :meth:`named` (without folding local into the first), plus the candidate rows."""
         n = len(ctx)
         has_name = np.zeros(n, dtype=bool)
         name_known = np.zeros(n, dtype=bool)
@@ -176,12 +423,19 @@ class Baseline:
         local |= batch.ip_version == 0
         cand = np.flatnonzero(~local & (ctx.device >= 0))
         if len(cand) and ip_names:
-            # distinct peer addresses, their names, then (device, name) pairs against the learned names
             inv, uhi, ulo, _ = K.intern(ctx.peer_hi[cand], ctx.peer_lo[cand], True)
             names = _ip_names(uhi, ulo, ip_names, via_table=len(uhi) > len(ip_names))
             number: dict[str, int] = {}
             ip_name = np.array([number.setdefault(s, len(number)) if s else -1 for s in names], np.int64)
             pkt_name = ip_name[inv]
+            if name_ts:
+                since = np.array(
+                    [
+                        name_ts.get(ip_to_str(h, x), -np.inf) if s else np.inf
+                        for h, x, s in zip(uhi.tolist(), ulo.tolist(), names, strict=True)
+                    ]
+                )
+                pkt_name = np.where(batch.ts[cand] >= since[inv], pkt_name, -1)
             has_name[cand] = pkt_name >= 0
             pairs = [(d, number[s]) for d, learned in self._names.items() for s in learned if s in number]
             if pairs:
@@ -189,18 +443,129 @@ class Baseline:
                 pn = np.array([k for _, k in pairs], dtype=np.uint64)
                 hit = K.lookup_pairs(ctx.device[cand].astype(np.uint64), pkt_name.astype(np.uint64), pd, pn)
                 name_known[cand] = (hit >= 0) & (pkt_name >= 0)
-        return has_name | local, name_known, local
+            # the registrable domain of the name, known to the device or one of its groups
+            if number:
+                dom = np.zeros(len(number), np.uint64)
+                for s, k in number.items():
+                    dom[k] = ident.domain_hash(s)
+                pdom = np.where(pkt_name >= 0, dom[np.maximum(pkt_name, 0)], np.uint64(0))
+                dev = ctx.device[cand].astype(np.uint64)
+                hit = self.known.contains(ident.key("dom", dev, pdom))
+                owners = self.group_owners()
+                if len(owners) and owners.any() and len(self.group_known):
+                    g = owners[ctx.device[cand]]
+                    for j in range(2):
+                        has_g = g[:, j] != 0
+                        hit |= has_g & self.group_known.contains(ident.key("dom", g[:, j], pdom))
+                name_known[cand] |= hit & (pkt_name >= 0)
+        return has_name, name_known, local, cand
 
-    def new_tokens(self, n: int, tokens: TokenRows | None) -> npt.NDArray[np.uint64]:
-        """Per packet: hash of an application token its device has never used (0 = none)."""
+    def identity(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        name_ts: dict[str, float] | None = None,
+    ) -> Identity:
+        """What the baseline knows of every packet's remote (see :class:`Identity`)."""
+        n = len(ctx)
+        valid = (ctx.device >= 0) & (batch.ip_version > 0)
+        pw = self.peer_windows(ctx)
+        sw = self.service_windows(ctx)
+        has_name, name_known, local, _ = self._named(batch, ctx, ip_names, name_ts)
+        net_known = np.zeros(n, dtype=bool)
+        group_known = np.zeros(n, dtype=bool)
+        bare_svc = np.zeros(n, dtype=bool)
+        high = ident.is_high_udp(ctx.proto, batch.src_port, batch.dst_port) & valid
+        high_known = np.zeros(n, dtype=bool)
+        if len(self.known) or len(self.group_known):
+            dev = ctx.device.astype(np.int64)
+            rows = np.flatnonzero(valid)
+            if len(rows):
+                d = dev[rows].astype(np.uint64)
+                nhi, nlo = ident.network_of(ctx.peer_hi[rows], ctx.peer_lo[rows])
+                loc = local[rows]
+                # local peers are known by their address, remote ones by their network
+                hhi = np.where(loc, ctx.peer_hi[rows], nhi)
+                hlo = np.where(loc, ctx.peer_lo[rows], nlo)
+                net_known[rows] = ~loc & self.known.contains(ident.key("net", d, nhi, nlo))
+                bare_svc[rows] = ~loc & self.known.contains(
+                    ident.key("bare", d, ctx.proto[rows], ctx.service[rows])
+                )
+                hk = high[rows] & self.known.contains(ident.key("high", d, hhi, hlo))
+                owners = self.group_owners()
+                if len(owners) and owners.any() and len(self.group_known):
+                    g = owners[dev[rows]]
+                    for j in range(2):
+                        gj = g[:, j]
+                        has_g = gj != 0
+                        if not has_g.any():
+                            continue
+                        gk = self.group_known
+                        group_known[rows] |= has_g & ~loc & gk.contains(ident.key("net", gj, nhi, nlo))
+                        hk |= has_g & high[rows] & gk.contains(ident.key("high", gj, hhi, hlo))
+                        bare_svc[rows] |= (
+                            has_g
+                            & ~loc
+                            & gk.contains(ident.key("bare", gj, ctx.proto[rows], ctx.service[rows]))
+                        )
+                high_known[rows] = hk
+        known_peer = (pw > 0) | name_known | net_known | group_known | local | ~valid
+        # another address of a service the device reaches by bare IP -- unless a name says who
+        # it is: an unknown name is a new peer, whatever its port
+        churn = ~known_peer & bare_svc & ~has_name
+        # UDP between two unprivileged ports with a network the device (or its group) already
+        # exchanged such UDP with: peer-to-peer ports change every session
+        known_service = (sw > 0) | high_known | ~valid
+        return Identity(
+            valid=valid,
+            local=local,
+            peer_windows=pw,
+            service_windows=sw,
+            has_name=has_name | local,
+            name_known=name_known,
+            net_known=net_known,
+            group_known=group_known,
+            known_peer=known_peer,
+            churn=churn,
+            known_service=known_service,
+            high_udp=high,
+            high_known=high_known,
+        )
+
+    def new_tokens(
+        self, n: int, tokens: TokenRows | None, token_text: dict[int, str] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Per packet: hash of an application token its device has never used (0 = none).
+
+        A DNS or TLS name whose registrable domain the device (or one of its groups) knows is
+        not new: a cloud's new host name is the same cloud (needs ``token_text``).
+        """
         out = np.zeros(n, dtype=np.uint64)
         if tokens is None:
             return out
         rows, dev, h = tokens
+        owners = self.group_owners() if len(self.profiles) else np.zeros((0, 2), np.uint64)
         for r, d, k in zip(rows.tolist(), dev.tolist(), h.tolist(), strict=True):
-            if d >= 0 and k not in self._tokens.get(d, ()):
-                out[r] = k
+            if d < 0 or k in self._tokens.get(d, ()):
+                continue
+            text = token_text.get(k) if token_text else None
+            if text and self._domain_known(d, text, owners):
+                continue
+            out[r] = k
         return out
+
+    def _domain_known(self, d: int, token: str, owners: npt.NDArray[np.uint64]) -> bool:
+        kind, _, name = token.partition(":")
+        if kind not in ("dns", "sni") or not name:
+            return False
+        dh = ident.domain_hash(name)
+        if not dh:
+            return False
+        if self.known.contains(ident.key("dom", d, dh)).any():
+            return True
+        groups = [int(o) for o in (owners[d] if d < len(owners) else ()) if o]
+        return any(self.group_known.contains(ident.key("dom", o, dh)).any() for o in groups)
 
     def known_tokens(self, device: int) -> int:
         """How many distinct names / clients the device used while learning."""
@@ -213,13 +578,15 @@ class Baseline:
         ctx: PacketContext,
         ip_names: dict[str, str],
         tokens: TokenRows | None = None,
+        token_text: dict[int, str] | None = None,
+        name_ts: dict[str, float] | None = None,
     ) -> None:
-        """Add the packets of one batch (whole windows) to the profiles.
+        """Add the packets of one batch (whole windows) to the profiles of their devices.
 
-        ``tokens`` are the application tokens of the batch: (packet row, device, token hash).
+        Packets of devices whose learning ended must be left out by the caller (device -1 in
+        ``ctx``). ``tokens`` are the application tokens of the batch: (packet row, device,
+        token hash); ``token_text`` their texts (for the domains of DNS / TLS names).
         """
-        if self._frozen:
-            raise RuntimeError("the baseline is frozen; learning happens before detection")
         valid = (ctx.device >= 0) & (batch.ip_version > 0)
         pk = self.peer_keys(ctx)
         sk = self.service_keys(ctx)
@@ -232,10 +599,17 @@ class Baseline:
             self._guard.add(pk[idx], g_dev, g_ts)
         known_p = self._first_window_flags(pst, ctx.window, idx, self._peer_win)
         known_s = self._first_window_flags(sst, ctx.window, idx, self._svc_win)
-        has_name, name_known, local = self.named(batch, ctx, ip_names)
-        new_tok = self._first_tokens(len(batch), ctx, tokens)
+        has_name, name_known = self.named(batch, ctx, ip_names, name_ts)[:2]
+        local = is_local(ctx.peer_hi, ctx.peer_lo) | is_multicast(ctx.peer_hi, ctx.peer_lo)
+        new_tok = self._first_tokens(len(batch), ctx, tokens, token_text)
         table = window_table(
-            batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid, new_tok
+            batch,
+            ctx,
+            known_p | name_known | local | ~valid,
+            has_name,
+            known_s | ~valid,
+            new_tok,
+            (known_p | name_known | local) & known_s,
         )
         for r in range(len(table)):
             prof = self.profiles[int(table.device[r])]
@@ -243,8 +617,10 @@ class Baseline:
             prof.window_ts.append(float(table.window[r]) * 60.0)
         keys, rows = connection_starts(batch.ts, ctx, valid)
         self.periodicity.learn(keys, batch.ts[rows].tolist(), self.series_labels(ctx, rows, ip_names))
-        self._account_pairs(pst, idx, ctx, batch, ip_names, kind="peer")
+        self._account_pairs(pst, idx, ctx, batch, ip_names, kind="peer", name_ts=name_ts)
         self._account_pairs(sst, idx, ctx, batch, ip_names, kind="service")
+        self._learn_identity(batch, ctx, valid, local, has_name)
+        self._peer_tab = self._svc_tab = None
         # time span per device
         dv = ctx.device[ctx.device >= 0]
         if len(dv):
@@ -255,7 +631,75 @@ class Baseline:
                 p.first_ts = min(p.first_ts, float(first[d]))
                 p.last_ts = max(p.last_ts, float(last[d]))
 
-    def _first_tokens(self, n: int, ctx: PacketContext, tokens: TokenRows | None) -> npt.NDArray[np.uint64]:
+    def _learn_identity(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        valid: npt.NDArray[np.bool_],
+        local: npt.NDArray[np.bool_],
+        has_name: npt.NDArray[np.bool_],
+    ) -> None:
+        """Networks, bare-IP services and high-UDP networks of the learned packets."""
+        rows = np.flatnonzero(valid)
+        if not len(rows):
+            return
+        loc = local[rows]
+        dev = ctx.device[rows].astype(np.int64)
+        nhi, nlo = ident.network_of(ctx.peer_hi[rows], ctx.peer_lo[rows])
+        high = ident.is_high_udp(ctx.proto[rows], batch.src_port[rows], batch.dst_port[rows])
+        remote = np.flatnonzero(~loc)
+        self._learn_set(dev[remote], nhi[remote], nlo[remote], "net", net_label)
+        bare = remote[~has_name[rows][remote]]
+        if self.drift_guard and len(bare):
+            # which peers taught each bare-IP service (the drift guard may unlearn a peer)
+            for dv, pr, sv, h, lo in zip(
+                dev[bare].tolist(),
+                ctx.proto[rows][bare].tolist(),
+                ctx.service[rows][bare].tolist(),
+                ctx.peer_hi[rows][bare].tolist(),
+                ctx.peer_lo[rows][bare].tolist(),
+                strict=True,
+            ):
+                self._bare_peers.setdefault(dv, {}).setdefault(service_label(pr, sv), set()).add(
+                    ip_to_str(h, lo)
+                )
+        self._learn_set(
+            dev[bare],
+            ctx.proto[rows][bare].astype(np.uint64),
+            ctx.service[rows][bare].astype(np.uint64),
+            "bare",
+            service_label,
+        )
+        hr = np.flatnonzero(high)
+        hhi = np.where(loc[hr], ctx.peer_hi[rows][hr], nhi[hr])
+        hlo = np.where(loc[hr], ctx.peer_lo[rows][hr], nlo[hr])
+        hl = loc[hr]
+        self._learn_set(dev[hr[hl]], hhi[hl], hlo[hl], "high", ip_to_str)
+        self._learn_set(dev[hr[~hl]], hhi[~hl], hlo[~hl], "high", net_label)
+
+    def _learn_set(
+        self,
+        dev: npt.NDArray[np.int64],
+        a: npt.NDArray[np.uint64],
+        b: npt.NDArray[np.uint64],
+        kind: str,
+        label: Any,
+    ) -> None:
+        if not len(dev):
+            return
+        keys = ident.key(kind, dev.astype(np.uint64), a, b)
+        uk, first = np.unique(keys, return_index=True)
+        fresh = ~self.known.contains(uk)
+        if not fresh.any():
+            return
+        self.known.add(uk[fresh])
+        attr = {"net": "networks", "bare": "bare_services", "high": "high_networks"}[kind]
+        for r in first[fresh].tolist():
+            getattr(self.profiles[int(dev[r])], attr).add(label(int(a[r]), int(b[r])))
+
+    def _first_tokens(
+        self, n: int, ctx: PacketContext, tokens: TokenRows | None, token_text: dict[int, str] | None = None
+    ) -> npt.NDArray[np.uint64]:
         """Tokens new to the device at their first window in the batch, then learned."""
         out = np.zeros(n, dtype=np.uint64)
         if tokens is None:
@@ -274,7 +718,20 @@ class Baseline:
                 self.profiles[d].discoveries.append(float(w) * 60.0)
         for d, k in first_seen:
             self._tokens[d].add(k)
+            text = token_text.get(k) if token_text else None
+            if text:
+                self._learn_domain(
+                    d, text.partition(":")[2] if text.split(":", 1)[0] in ("dns", "sni") else ""
+                )
         return out
+
+    def _learn_domain(self, d: int, name: str) -> bool:
+        dom = ident.registered_domain(name) if name else ""
+        if not dom or dom in self.profiles[d].domains:
+            return False
+        self.profiles[d].domains.add(dom)
+        self.known.add(ident.key("dom", d, ident.domain_hash(dom)))
+        return True
 
     @staticmethod
     def _first_window_flags(
@@ -297,6 +754,7 @@ class Baseline:
         batch: PacketBatch,
         ip_names: dict[str, str],
         kind: str,
+        name_ts: dict[str, float] | None = None,
     ) -> None:
         """Windows per key into the store and the human-readable profile (keys in sorted order)."""
         if not len(idx):
@@ -321,10 +779,13 @@ class Baseline:
                 ip = ip_to_str(x, y)
                 prof.peers[ip] += c
                 name = ip_names.get(ip)
+                if name and name_ts is not None and name_ts.get(ip, -np.inf) > t:
+                    name = None  # its name was seen only after this packet
                 if name:
                     prof.peer_names[ip] = name
                     self._names[dev].add(name)
                     prof.names.add(name)
+                    self._learn_domain(dev, name)
             else:
                 prof.services[service_label(x, y)] += c
 
@@ -357,15 +818,6 @@ class Baseline:
             labels.append((d, ip_names.get(ip, ip), service_label(proto, svc)))
         return [labels[j] for j in inv.tolist()]
 
-    def freeze(self) -> None:
-        """End learning: build the vectorised lookup tables and the learned schedules."""
-        self._frozen = True
-        self.periodicity.freeze()
-        if self.drift_guard:
-            self._quarantine(self._guard.ramped())
-        self._peer_keys, self._peer_counts = _sorted_table(self._peer_win)
-        self._svc_keys, self._svc_counts = _sorted_table(self._svc_win)
-
     def _quarantine(self, ramped: dict[int, tuple[float, float]]) -> None:
         """Unlearn the keys that ramped up while learning; note them in their profiles."""
         for key, (first, second) in ramped.items():
@@ -387,20 +839,159 @@ class Baseline:
                     self._names[dev].discard(name)
                     prof.names.discard(name)
                 entry["name"] = name
+                self._unlearn_identity(dev, label)
             else:
                 prof.services.pop(label, None)
             prof.quarantined.append(entry)
 
-    @property
-    def frozen(self) -> bool:
-        """Whether learning has ended."""
-        return self._frozen
+    def _unlearn_identity(self, d: int, ip: str) -> None:
+        """Forget what a quarantined peer taught its device's identity sets: its network and
+        the bare-IP services only it was reached on (unless other learned peers share them)."""
+        prof = self.profiles[d]
+        h, lo = ip_from_str(ip)
+        nh, nl = ident.network_of(np.array([h], np.uint64), np.array([lo], np.uint64))
+        net = net_label(int(nh[0]), int(nl[0]))
+        others = [p for p in prof.peers if p != ip and not _is_local_text(p)]
+        same_net = False
+        for p in others:
+            ph, pl = ip_from_str(p)
+            qh, ql = ident.network_of(np.array([ph], np.uint64), np.array([pl], np.uint64))
+            same_net |= net_label(int(qh[0]), int(ql[0])) == net
+        if not same_net:
+            for kind in ("network", "high-network"):
+                if self.has_item(d, kind, net):
+                    self.remove_item(d, kind, net)
+        for svc, peers in list(self._bare_peers.get(d, {}).items()):
+            peers.discard(ip)
+            if not peers and self.has_item(d, "bare-service", svc):
+                self.remove_item(d, "bare-service", svc)
 
-    def add_device(self, device_id: str) -> int:
-        """Register a device first seen after learning started (its profile stays empty)."""
-        self.device_ids.append(device_id)
-        self.profiles.append(DeviceProfile(device_id))
-        return len(self.profiles) - 1
+    # -- living --------------------------------------------------------------------------------
+    def has_item(self, d: int, kind: str, item: str) -> bool:
+        """Whether device ``d`` knows ``item`` of ``kind`` (see :meth:`absorb_item`)."""
+        p = self.profiles[d]
+        if kind == "network":
+            return item in p.networks
+        if kind == "domain":
+            return item in p.domains
+        if kind == "bare-service":
+            return item in p.bare_services
+        if kind == "high-network":
+            return item in p.high_networks
+        if kind == "service":
+            return item in p.services
+        if kind == "token":
+            return int(item) in self._tokens.get(d, ())
+        raise ValueError(f"unknown baseline item kind {kind!r}")
+
+    def absorb_item(self, d: int, kind: str, item: str) -> bool:
+        """Add one item to device ``d``'s baseline; returns whether it was new.
+
+        Kinds: ``network`` (``a.b.c.0/24``), ``domain`` (registrable domain), ``bare-service``
+        and ``service`` (``TCP/443``), ``high-network`` (network or local address), ``token``
+        (the decimal hash of an application token).
+        """
+        if self.has_item(d, kind, item):
+            return False
+        p = self.profiles[d]
+        if kind == "domain":
+            self._learn_domain(d, item)
+        elif kind == "token":
+            self._tokens[d].add(int(item))
+        elif kind == "service":
+            proto, port = _service_parts(item)
+            k = int(
+                _mix(np.array([d], np.uint64), np.array([proto], np.uint64), np.array([port], np.uint64))[0]
+            )
+            self._svc_win[k] = self._svc_win.get(k, 0) + 1
+            p.services[item] += 1
+            self._svc_tab = None
+        else:
+            attr, tag = {
+                "network": ("networks", "net"),
+                "bare-service": ("bare_services", "bare"),
+                "high-network": ("high_networks", "high"),
+            }[kind]
+            getattr(p, attr).add(item)
+            self._add_items(d, tag, {item})
+        if p.active and kind in ("network", "domain", "high-network", "bare-service"):
+            for g in p.groups:
+                tag = {"network": "net", "domain": "dom", "high-network": "high", "bare-service": "bare"}[
+                    kind
+                ]
+                self._add_items(ident.group_owner(g), tag, {item}, self.group_known)
+        return True
+
+    def remove_item(self, d: int, kind: str, item: str) -> bool:
+        """Take an absorbed item out of device ``d``'s baseline again (operator revert).
+
+        Group knowledge it fed stays until the groups are rebuilt (:meth:`rebuild_groups`).
+        """
+        if not self.has_item(d, kind, item):
+            return False
+        p = self.profiles[d]
+        if kind == "token":
+            self._tokens[d].discard(int(item))
+        elif kind == "service":
+            proto, port = _service_parts(item)
+            k = int(
+                _mix(np.array([d], np.uint64), np.array([proto], np.uint64), np.array([port], np.uint64))[0]
+            )
+            self._svc_win.pop(k, None)
+            p.services.pop(item, None)
+            self._svc_tab = None
+        else:
+            attr, tag = {
+                "network": ("networks", "net"),
+                "domain": ("domains", "dom"),
+                "bare-service": ("bare_services", "bare"),
+                "high-network": ("high_networks", "high"),
+            }[kind]
+            getattr(p, attr).discard(item)
+            if tag == "dom":
+                self.known.discard(ident.key("dom", d, ident.domain_hash(item)).tolist())
+            elif tag == "bare":
+                proto, port = _service_parts(item)
+                self.known.discard(ident.key("bare", d, proto, port).tolist())
+            else:
+                h, lo = ip_from_str(item.split("/")[0])
+                self.known.discard(ident.key(tag, d, h, lo).tolist())
+        return True
+
+    def rebuild_identity(self) -> None:
+        """Recompute the devices' identity keys from their profiles (after loading)."""
+        self.known = KeySet()
+        for d, p in enumerate(self.profiles):
+            self._add_items(d, "net", p.networks)
+            self._add_items(d, "dom", p.domains)
+            self._add_items(d, "bare", p.bare_services)
+            self._add_items(d, "high", p.high_networks)
+        self._peer_tab = self._svc_tab = None
+
+    def rebuild_groups(self) -> None:
+        """Recompute every group's knowledge from its active members' baselines."""
+        self.group_known = KeySet()
+        for d, p in enumerate(self.profiles):
+            if p.active:
+                self._share(d)
+
+
+def net_label(hi: int, lo: int) -> str:
+    """``a.b.c.0/24`` (IPv4) or ``x:y:z::/48`` (IPv6) of a network's (hi, lo) halves."""
+    v4 = hi == 0 and (lo >> 32) == 0xFFFF
+    return f"{ip_to_str(hi, lo)}/{24 if v4 else 48}"
+
+
+def _service_parts(label: str) -> tuple[int, int]:
+    """(protocol number, port) of a ``TCP/443`` style service label."""
+    proto, _, port = label.partition("/")
+    num = {v: k for k, v in PROTO_NAMES.items()}.get(proto)
+    return (int(num) if num is not None else int(proto)), int(port)
+
+
+def _addr_cols(items: set[str]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    hl = [ip_from_str(x.split("/")[0]) for x in items]
+    return np.array([h for h, _ in hl], np.uint64), np.array([lo for _, lo in hl], np.uint64)
 
 
 def _is_local_text(ip: str) -> bool:

@@ -24,15 +24,17 @@ limit still adds up.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.baseline import identity as ident
+from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
-from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows, service_label
+from iotsentry.baseline.profile import Baseline, DeviceProfile, Identity, TokenRows, service_label
 from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features import _window_kernels as K
@@ -47,7 +49,7 @@ FLOORS_MATURE: dict[str, float] = {
     "packets": 3000.0,
     "bytes": 4_000_000.0,
     "peers": 24.0,
-    "new_peers": 1.5,
+    "new_peers": 3.5,
     "new_unnamed_peers": 0.5,
     "services": 24.0,
     "new_services": 3.0,
@@ -111,6 +113,9 @@ EXPLAIN_ORDER = (
 )
 """Which exceeded limit names a finding: the shape (scan, flood) before the novelty it causes."""
 
+SEPARATE_CAUSES = ("new_unnamed_peers", "new_names")
+"""Window features reported as findings of their own even when another feature names the window."""
+
 FLOOD_PACKETS_PER_TARGET = 10.0
 """A scan sends about one packet per target; a window above its packet limit with more than
 this many packets per distinct target is named a flood."""
@@ -136,12 +141,43 @@ so that one new port a minute is caught within the hour; the 550 IoT SENTINEL se
 reach at most 35."""
 SLOW_MAX_TARGETS = 4096
 """At most this many new targets are remembered per device (oldest forgotten first)."""
+ALERTED_BOOST = 1.0
+"""Added to the score of a packet that continues behaviour already part of an alert."""
+WINDOW_BOOST = 1.0
+"""Added to the score of every packet of a device window that left the device's limits: a
+packet is stronger evidence when its minute is one the baseline cannot explain."""
+C2_SPAN_S = 10.0
+"""A contact with a new, unexplained peer (bare IP where names are evidence, or a TCP service the
+device never used) counts for the c2 rule once it was answered and the device has kept it up
+this long, or opened a second connection: command channels are sustained, a one-off
+connectivity check is not."""
+C2_REPEAT_S = 300.0
+"""A channel that stays up is reported again this often (its incident's last-seen moves on)."""
+C2_TURNS = 3
+"""... or once the data went back and forth this many times (an interactive session)."""
+C2_MAX_TRACKED = 65536
+"""(device, peer) contacts tracked for it (least recently seen forgotten first)."""
 BRUTE_FLOOR_MATURE = 30.0
 """Most connection attempts a device with a mature baseline may open to one *new* target (a
 peer it reached by bare IP or a service its baseline never used) in a horizon: a brute force
 paced below the per-window limit (``max_conns_per_target``) still adds up."""
 BRUTE_FLOOR_IMMATURE = 60.0
 """The same for a young baseline: one attempt a minute is not yet an alert."""
+
+
+def _mix(*cols: npt.NDArray[np.generic]) -> npt.NDArray[np.uint64]:
+    out: npt.NDArray[np.uint64] = K.mix(np.stack([np.asarray(c, dtype=np.uint64) for c in cols]))
+    return out
+
+
+def duration_text(seconds: float) -> str:
+    """A human duration: ``42 s`` below two minutes, ``17 min`` below two hours, else hours."""
+    s = max(0.0, float(seconds))
+    if s < 120.0:
+        return f"{s:.0f} s"
+    if s < 7200.0:
+        return f"{s / 60.0:.0f} min"
+    return f"{s / 3600.0:.1f} h"
 
 
 def learned_discovery(
@@ -321,7 +357,7 @@ class ProfileDetector:
         token_text: dict[int, str] | None = None,
     ) -> None:
         self.baseline = baseline
-        self.token_text = token_text or {}
+        self.token_text = token_text if token_text is not None else {}
         self.labels = labels or list(baseline.device_ids)
         self.margin = margin
         self.window_models: list[WindowProfileDetector] = []
@@ -347,40 +383,72 @@ class ProfileDetector:
         """Per device: the new targets it reached after learning (slow-scan rule)."""
         self._slow_pending: list[Finding] = []
         self._slow_count = np.zeros(0)
+        self._fitted = np.zeros(0, dtype=bool)
+        """Per device: its window model was fitted on its own learned baseline."""
+        self._churn = np.zeros(0, dtype=bool)
+        self._c2_state: OrderedDict[int, tuple[float, float, int, int, int, float]] = OrderedDict()
+        """(device, new unexplained peer) -> (first opening, last opening, openings, turns, side
+        of the last payload, when it was last reported): the c2 rule."""
+        self._raw_unnamed = np.zeros(0, dtype=bool)
+        self._raw_new_service = np.zeros(0, dtype=bool)
+        self.remote_known = np.zeros(0, dtype=bool)
+        """Per device: its baseline holds remote peers (remote novelty rules judge it)."""
+        self.names_known = np.zeros(0, dtype=bool)
+        """Per device: its baseline holds names / clients (the new-name rule judges it)."""
+        self.identity: Identity | None = None
+        """The remote identity of the packets last passed to :meth:`evaluate`."""
+        self.alerted: KeySet | None = None
+        """Identity keys of behaviour already part of an alert (kept by the living baseline):
+        packets that continue it score :data:`ALERTED_BOOST` higher."""
 
-    def _add_slow_state(self, learned: float, mature: bool) -> None:
+    def _slow_state(self, learned: float, mature: bool) -> SlowScanState:
         floor = SLOW_FLOOR_MATURE if mature else SLOW_FLOOR_IMMATURE
         limit = max(floor, self.margin * learned)
         st = SlowScanState(limit, learned, self.slow_horizon_s, self.slow_max_targets)
         st.conn_limit = BRUTE_FLOOR_MATURE if mature else BRUTE_FLOOR_IMMATURE
-        self.slow.append(st)
+        return st
 
     def fit(self) -> ProfileDetector:
-        """Freeze the baseline and fit one window model per device."""
+        """Fit one window model per device (ending every device's learning first: a batch run)."""
         if not self.baseline.frozen:
             self.baseline.freeze()
         self.window_models, self.mature = [], []
         n = len(self.baseline.profiles)
-        self._learn_windows = np.zeros(n)
-        self._max_packets = np.zeros(n)
-        self._max_new = np.zeros(n)
-        self._trust = np.zeros(n)
-        self._calm_peer = np.ones(n)
-        self._calm_tok = np.ones(n)
+        self._learn_windows = np.zeros(0)
+        self._max_packets = np.zeros(0)
+        self._max_new = np.zeros(0)
+        self._trust = np.zeros(0)
+        self._calm_peer = np.ones(0)
+        self._calm_tok = np.ones(0)
         self.slow, self._slow_pending = [], []
-        for i, prof in enumerate(self.baseline.profiles):
+        self._fitted = np.zeros(0, dtype=bool)
+        self._ensure_devices(n)
+        self.fit_devices(list(range(n)))
+        return self
+
+    def fit_devices(self, devices: list[int]) -> list[Finding]:
+        """(Re)fit the window models of devices whose learning just ended; returns their
+        learning-end findings (baseline drift), which are also queued for :meth:`findings`."""
+        self._ensure_devices(len(self.baseline.profiles))
+        out: list[Finding] = []
+        for i in devices:
+            prof = self.baseline.profiles[i]
             mat = prof.maturity()
             mature = mat.mature
             self._trust[i] = mat.score
             X = prof.matrix()
             guard = self.baseline.drift_guard
             wm = WindowProfileDetector(margin=self.margin, mature=mature, drift_guard=guard)
-            self.window_models.append(wm.fit(X))
+            self.window_models[i] = wm.fit(X)
             prof.capped = list(wm.capped_)
             if prof.quarantined or prof.capped:
-                self._slow_pending.append(self._drift_finding(i, prof))
-            self.mature.append(mature)
+                f = self._drift_finding(i, prof)
+                self._slow_pending.append(f)
+                out.append(f)
+            self.mature[i] = mature
             self._learn_windows[i] = len(X)
+            self._calm_peer[i] = self._calm_tok[i] = 1.0
+            self._max_packets[i] = self._max_new[i] = 0.0
             if len(X):
                 tail = X[len(X) // 2 :]
                 # how rarely the settled device meets a new peer / name: novelty weighs that much
@@ -390,22 +458,43 @@ class ProfileDetector:
                 self._max_new[i] = X[len(X) // 2 :, F["new_peers"]].max()
             # a young baseline's rate says little: its own count only, never extrapolated
             learned = learned_discovery(prof, self.slow_horizon_s, extrapolate=mature)
-            self._add_slow_state(learned, mature)
-        return self
+            self.slow[i] = self._slow_state(learned, mature)
+            self._fitted[i] = True
+        self.refresh_knowledge(devices)
+        return out
+
+    def refresh_knowledge(self, devices: list[int] | None = None) -> None:
+        """Re-read which kinds of behaviour each device's baseline holds (after absorption).
+
+        A rule judges only what the baseline has seen: remote novelty (new peers, bare-IP
+        contacts, beacons) needs learned remote peers, new names need learned names.
+        """
+        self._ensure_devices(len(self.baseline.profiles))
+        for i in range(len(self.baseline.profiles)) if devices is None else devices:
+            prof = self.baseline.profiles[i]
+            self.remote_known[i] = bool(prof.networks) or prof.remote_peers() > 0
+            self.names_known[i] = self.baseline.known_tokens(i) > 0 or bool(prof.domains)
 
     def _ensure_devices(self, n: int) -> None:
-        while len(self.window_models) < n:
+        """Placeholder state (absolute limits only) for devices not fitted yet."""
+        k = n - len(self.window_models)
+        if k <= 0:
+            return
+        for _ in range(k):
             self.window_models.append(WindowProfileDetector(mature=False).fit(np.zeros((0, len(F)))))
             self.mature.append(False)
-            self._learn_windows = np.append(self._learn_windows, 0.0)
-            self._max_packets = np.append(self._max_packets, 0.0)
-            self._max_new = np.append(self._max_new, 0.0)
-            self._trust = np.append(self._trust, 0.0)
-            self._calm_peer = np.append(self._calm_peer, 1.0)
-            self._calm_tok = np.append(self._calm_tok, 1.0)
-            self._add_slow_state(0.0, False)
-            if len(self.labels) < n:
-                self.labels.append(self.baseline.device_ids[len(self.labels)])
+            self.slow.append(self._slow_state(0.0, False))
+        self._learn_windows = np.append(self._learn_windows, np.zeros(k))
+        self._max_packets = np.append(self._max_packets, np.zeros(k))
+        self._max_new = np.append(self._max_new, np.zeros(k))
+        self._trust = np.append(self._trust, np.zeros(k))
+        self._calm_peer = np.append(self._calm_peer, np.ones(k))
+        self._calm_tok = np.append(self._calm_tok, np.ones(k))
+        self._fitted = np.append(self._fitted, np.zeros(k, dtype=bool))
+        self.remote_known = np.append(self.remote_known, np.zeros(k, dtype=bool))
+        self.names_known = np.append(self.names_known, np.zeros(k, dtype=bool))
+        while len(self.labels) < n:
+            self.labels.append(self.baseline.device_ids[len(self.labels)])
 
     def evaluate(
         self,
@@ -413,23 +502,54 @@ class ProfileDetector:
         ctx: PacketContext,
         ip_names: dict[str, str],
         tokens: TokenRows | None = None,
+        name_ts: dict[str, float] | None = None,
     ) -> tuple[npt.NDArray[np.float64], WindowTable, npt.NDArray[np.float64]]:
         """Score a batch: (per-packet scores, window table, per-window scores)."""
         self._ensure_devices(len(self.baseline.profiles))
         n = len(ctx)
-        valid = (ctx.device >= 0) & (batch.ip_version > 0)
-        pw = self.baseline.peer_windows(ctx)
-        sw = self.baseline.service_windows(ctx)
-        has_name, name_known, local = self.baseline.named(batch, ctx, ip_names)
-        known_peer = (pw > 0) | name_known | ~valid
-        new_tok = self.baseline.new_tokens(n, tokens)
+        idn = self.baseline.identity(batch, ctx, ip_names, name_ts)
+        self.identity = idn
+        valid = idn.valid
+        pw, sw = idn.peer_windows, idn.service_windows
+        has_name, local = idn.has_name, idn.local
+        evidence = self.baseline.names_evidence
+        dev0 = np.maximum(ctx.device, 0)
+        named_ok = ~evidence[dev0] if len(evidence) else np.ones(n, dtype=bool)
+        # remote novelty is judged only for devices whose baseline holds remote peers
+        thin = ~self.remote_known[dev0] if len(self.remote_known) else np.ones(n, dtype=bool)
+        raw_new = ~(idn.known_peer | idn.churn)
+        known_peer = idn.known_peer | idn.churn | thin
+        known_service = idn.known_service | (thin & ~local)
+        new_tok = self.baseline.new_tokens(n, tokens, self.token_text)
         self._new_token = new_tok
-        table = window_table(batch, ctx, known_peer | local, has_name, (sw > 0) | ~valid, new_tok)
-        self._new_peer = ~known_peer & ~local
-        self._new_unnamed = self._new_peer & ~has_name
-        self._new_service = ~((sw > 0) | ~valid)
+        tok_judged = new_tok * (self.names_known[dev0] if len(self.names_known) else np.zeros(n, dtype=bool))
+        # a bare IP is evidence only where the device's names are observable and it uses them
+        # ... and where a missing name is no evidence, a TCP connection to a new network on a
+        # service the device never used still is (the shape of a bot's command channel)
+        tcp_new = (ctx.proto == 6) & ~known_peer & ~known_service & ~local
+        unnamed_ok = has_name | (named_ok & ~tcp_new)
+        # ... counted once the device keeps the channel up: a command channel is sustained
+        # (C2_SPAN_S of conversation, or a second connection); a one-off check is not
+        c2_event = self._sustained(batch, ctx, valid & ~known_peer & ~unnamed_ok)
+        # a device "contacts" a new host when it opens the conversation: closing a connection
+        # opened before it was watched, or answering a host that reached it, is not contacting
+        table = window_table(
+            batch,
+            ctx,
+            known_peer | (~ctx.initiation & ~c2_event),
+            unnamed_ok | ~c2_event,
+            known_service,
+            tok_judged,
+            idn.known_peer & known_service,
+        )
+        self._new_peer = ~known_peer
+        self._new_unnamed = c2_event
+        self._raw_unnamed = raw_new & ~has_name
+        self._raw_new_service = ~idn.known_service
+        self._churn = idn.churn & valid
+        self._new_service = ~known_service
         self._starts = connection_starts(batch.ts, ctx, valid)
-        self._starts_known = (known_peer | local)[self._starts[1]]
+        self._starts_known = known_peer[self._starts[1]]
         wscores = np.zeros(len(table))
         for d in np.unique(table.device).tolist():
             rows = table.device == d
@@ -439,10 +559,14 @@ class ProfileDetector:
         dev = np.maximum(ctx.device, 0)
         W = self._learn_windows[dev] if len(self._learn_windows) else np.zeros(n)
         denom = np.log1p(np.maximum(W, 1.0))
-        peer_c = np.where(name_known, np.maximum(pw, W / 2.0), pw)
+        # a peer known by its name, network or group, or another server of a bare-IP service
+        # the device uses, counts as half-known; a service the identity rules know likewise
+        kin = idn.name_known | idn.net_known | idn.group_known | idn.churn
+        peer_c = np.where(kin, np.maximum(pw, W / 2.0), pw)
         s_peer = np.clip(1.0 - np.log1p(peer_c) / denom, 0.0, 1.0)
-        s_svc = np.clip(1.0 - np.log1p(sw) / denom, 0.0, 1.0)
-        s_unnamed = (~has_name & (pw == 0)).astype(np.float64)
+        svc_c = np.where(known_service & (sw == 0), W / 2.0, sw)
+        s_svc = np.clip(1.0 - np.log1p(svc_c) / denom, 0.0, 1.0)
+        s_unnamed = (self._new_unnamed & (pw == 0)).astype(np.float64)
         g = table.group_of_packet
         gi = np.maximum(g, 0)
         new_in_win = table.col("new_peers")[gi] if len(table) else np.zeros(n)
@@ -474,9 +598,84 @@ class ProfileDetector:
         scores = trust * novelty + 0.5 * s_rate + s_shape + s_slow
         scores = np.where(valid, scores, 0.0)
         if len(table):
-            scores = scores + 0.25 * (wscores[gi] > 1.0)
+            scores = scores + WINDOW_BOOST * (wscores[gi] > 1.0)
         scores = np.where(ctx.device >= 0, scores, 0.0)
+        if self.alerted is not None and len(self.alerted):
+            scores = scores + ALERTED_BOOST * self._continues_alert(batch, ctx, idn, new_tok)
         return scores.astype(np.float64), table, wscores
+
+    def _continues_alert(
+        self, batch: PacketBatch, ctx: PacketContext, idn: Identity, new_tok: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.bool_]:
+        """Per packet: it reaches a network, an unknown peer's service or uses a token that was
+        part of an alert on its device."""
+        assert self.alerted is not None
+        out = np.zeros(len(ctx), dtype=bool)
+        rows = np.flatnonzero(idn.valid)
+        if not len(rows):
+            return out
+        d = ctx.device[rows].astype(np.uint64)
+        nhi, nlo = ident.network_of(ctx.peer_hi[rows], ctx.peer_lo[rows])
+        loc = idn.local[rows]
+        hi = np.where(loc, ctx.peer_hi[rows], nhi)
+        lo = np.where(loc, ctx.peer_lo[rows], nlo)
+        hit = self.alerted.contains(ident.key("net", d, hi, lo))
+        svc = self.alerted.contains(ident.key("svc", d, ctx.proto[rows], ctx.service[rows]))
+        hit |= svc & ~idn.known_peer[rows]
+        tok = new_tok[rows] != 0
+        if tok.any():
+            hit[tok] |= self.alerted.contains(ident.key("token", d[tok], new_tok[rows][tok]))
+        out[rows] = hit
+        return out
+
+    def _sustained(
+        self, batch: PacketBatch, ctx: PacketContext, cand: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_]:
+        """Per packet: the one at which the device's contact with a new, unexplained peer became
+        a channel -- the peer answered with data, and the conversation either lasted
+        ``C2_SPAN_S`` since the device first opened it, or took ``C2_TURNS`` turns of data
+        back and forth, or was opened a second time (an unanswered probe is a scan's business;
+        one request and its answer is a check, not a channel); state per (device, peer), bounded."""
+        out = np.zeros(len(ctx), dtype=bool)
+        rows = np.flatnonzero(cand)
+        if not len(rows):
+            return out
+        keys = _mix(ctx.device[rows].astype(np.uint64), ctx.peer_hi[rows], ctx.peer_lo[rows])
+        ts = batch.ts[rows]
+        init = ctx.initiation[rows]
+        inbound = ~ctx.outbound[rows]
+        # a TCP conversation already under way when it was first seen (the monitor started or
+        # restarted in its middle): the device is taken for its client, as for its service
+        uncertain = ~ctx.certain[rows] if ctx.certain is not None else np.zeros(len(rows), dtype=bool)
+        midway = ctx.outbound[rows] & uncertain & (ctx.proto[rows] == 6)
+        payload = batch.payload_len[rows] > 0
+        st = self._c2_state
+        for k in np.unique(keys).tolist():
+            sel = np.flatnonzero(keys == k)
+            first, last, starts, turns, side, said = st.get(k, (np.inf, -np.inf, 0, 0, 0, -np.inf))
+            for j in sel.tolist():
+                t = float(ts[j])
+                opens = init[j] or (starts == 0 and midway[j])
+                if opens and (starts == 0 or t - last > SESSION_GAP_S):
+                    starts += 1
+                    first = min(first, t)
+                if opens:
+                    last = t
+                if starts and payload[j]:
+                    now_side = 2 if inbound[j] else 1
+                    turns += int(side != 0 and now_side != side)
+                    side = now_side
+                sustained = (
+                    side == 2 and starts and (starts >= 2 or turns >= C2_TURNS or t - first >= C2_SPAN_S)
+                )
+                if sustained and t - said >= C2_REPEAT_S:
+                    out[rows[j]] = True  # again every C2_REPEAT_S while the channel stays up
+                    said = t
+            st[k] = (first, last, starts, turns, side, said)
+            st.move_to_end(k)
+            if len(st) > C2_MAX_TRACKED:
+                st.popitem(last=False)
+        return out
 
     def findings(
         self,
@@ -502,6 +701,12 @@ class ProfileDetector:
                 feat = "packets"  # many or large packets per target: a flood, even if it sprays ports
             pk = np.flatnonzero(table.group_of_packet == r)
             out.append(self._explain(batch, ctx, d, r, feat, float(wscores[r]), pk, table))
+            # a command channel or new names in the same minute as a scan or flood are a cause of
+            # their own (their own incident), not a detail of it
+            for extra in SEPARATE_CAUSES:
+                if extra != feat and ratios[F[extra]] > 1.0:
+                    score = float(ratios[F[extra]])
+                    out.append(self._explain(batch, ctx, d, r, extra, score, pk, table))
         out.extend(self._slow_pending)
         self._slow_pending = []
         return out
@@ -522,17 +727,30 @@ class ProfileDetector:
         if len(self._new_peer) != n:
             return out
         # unexplained novelty only: a new peer reached through a DNS name on a known service
-        # (a cloud address rotating, a new CDN node) is not probing
-        cand = valid & ctx.initiation & (self._new_unnamed | self._new_service)
+        # (a cloud address rotating, a new CDN node) is not probing; another address of a
+        # service the device reaches by bare IP counts as a target, not as an attempt
+        churn = self._churn if len(self._churn) == n else np.zeros(n, dtype=bool)
+        raw = self._raw_unnamed if len(self._raw_unnamed) == n else self._new_unnamed
+        raw_svc = self._raw_new_service if len(self._raw_new_service) == n else self._new_service
+        cand = valid & ctx.initiation & (raw | raw_svc | churn)
         idx = np.flatnonzero(cand)
         if not len(idx):
             return out
         proto = ctx.proto[idx].astype(np.uint64)
         tcp_udp = (proto == 6) | (proto == 17)
         port = np.where(tcp_udp, batch.dst_port[idx].astype(np.uint64), ctx.service[idx].astype(np.uint64))
+        # UDP between unprivileged ports (peer-to-peer) has no service: one target per peer
+        high = (
+            self.identity.high_udp[idx]
+            if self.identity is not None and len(self.identity.high_udp) == n
+            else None
+        )
+        if high is not None:
+            port = np.where(high, np.uint64(0), port)
         hi, lo = ctx.peer_hi[idx], ctx.peer_lo[idx]
         keys = K.mix(np.stack([hi.astype(np.uint64), lo.astype(np.uint64), proto, port]))
         lan = is_local(hi, lo)
+        cchurn = churn[idx] & ~self._new_service[idx]
         devs = ctx.device[idx]
         ts = batch.ts[idx].astype(np.float64)
         for d in np.unique(devs).tolist():
@@ -550,8 +768,10 @@ class ProfileDetector:
                         st.next_ts = t + st.horizon_s
                         self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
                 # repeated attempts on one new target: a paced brute force (on the LAN, where
-                # devices being set up poll each other's web services, login services only)
-                if not lan[r] or int(port[r]) in LOGIN_PORTS:
+                # devices being set up poll each other's web services, login services only;
+                # reconnects to another server of a service the device uses are not attempts)
+                login = int(port[r]) in LOGIN_PORTS
+                if (not lan[r] and not cchurn[r]) or login:
                     attempts[j] = n_att = st.attempt(key, t, int(proto[r]) == 6)
                 else:
                     continue
@@ -616,7 +836,7 @@ class ProfileDetector:
         what = "paced brute force on a login service" if login else "paced brute force or a new beacon"
         reason = (
             f"{label} opened {count} connections to {peer_ip} port {port}/{PROTO_TEXT.get(proto, proto)} "
-            f"in {span / 60:.0f} min, a target its baseline never used, above its limit of "
+            f"in {duration_text(span)}, a target its baseline never used, above its limit of "
             f"{st.conn_limit:.0f} per {per}: {what}; "
             f"baseline: {len(prof.peers)} peers, services {prof.top_services()}"
         )
@@ -654,7 +874,7 @@ class ProfileDetector:
         else:
             base = f"its baseline is not mature ({prof.maturity().reason})"
         reason = (
-            f"{label} reached {count} new (peer, port) targets in {span / 60:.0f} min "
+            f"{label} reached {count} new (peer, port) targets in {duration_text(span)} "
             f"({len(st.per_peer)} peer(s), {len(st.per_port)} port(s); {top_n} of them on {peer_ip}), "
             f"above its limit of {st.limit:.0f} per {per}: slow scan / discovery; {base}; "
             f"baseline: {len(prof.peers)} peers, services {prof.top_services()}"
@@ -699,7 +919,8 @@ class ProfileDetector:
         # the dominant peer and port of the window's outbound initiations (or all packets)
         sel = pk[ctx.initiation[pk]] if ctx.initiation[pk].any() else pk
         if feat in ("new_peers", "new_unnamed_peers") and len(self._new_peer) == len(ctx):
-            fresh = pk[self._new_peer[pk]]
+            src = self._new_unnamed if feat == "new_unnamed_peers" else self._new_peer
+            fresh = pk[src[pk]]
             if len(fresh):
                 sel = fresh
         ports = np.where(ctx.outbound[sel], batch.dst_port[sel], batch.src_port[sel])
@@ -735,10 +956,18 @@ class ProfileDetector:
                 f"learned max {int(self._max_packets[d])} packets per window; {base}"
             )
         elif feat == "new_unnamed_peers":
-            reason = (
-                f"{label} contacted {int(x['new_unnamed_peers'])} new host(s) by bare IP, no DNS name "
-                f"(e.g. {peer_ip}:{port}/{service_label(proto, port).split('/')[0].lower()}); {base}"
-            )
+            svc = f"{peer_ip}:{port}/{service_label(proto, port).split('/')[0].lower()}"
+            ev = self.baseline.names_evidence
+            if d < len(ev) and not ev[d]:
+                reason = (
+                    f"{label} contacted {int(x['new_unnamed_peers'])} new host(s) on a TCP service it never "
+                    f"used (e.g. {svc}); {base}"
+                )
+            else:
+                reason = (
+                    f"{label} contacted {int(x['new_unnamed_peers'])} new host(s) by bare IP, no DNS name "
+                    f"(e.g. {svc}); {base}"
+                )
         elif feat == "new_names":
             toks = self._new_token[pk] if len(self._new_token) == len(ctx) else np.zeros(0, np.uint64)
             texts = sorted({self.token_text.get(int(k), "?") for k in toks[toks != 0].tolist()})
@@ -843,10 +1072,30 @@ class ProfileDetector:
     ) -> float:
         """When, inside the window, the feature's running value first exceeded its limit.
 
-        A streaming monitor can alert at that packet; features whose running value is not a
-        simple count (the max-per-peer/port shapes) are dated at the window's last packet.
+        A streaming monitor can alert at that packet; the per-peer / per-port scan shapes are
+        dated at the window's last packet; connection attempts per target at the attempt that
+        took the busiest target past the limit.
         """
         end = float(batch.ts[pk[-1]])
+        if feat == "max_conns_per_target":
+            rows = pk[ctx.syn_only[pk]]
+            if len(rows):
+                key = _mix(
+                    ctx.peer_hi[rows],
+                    ctx.peer_lo[rows],
+                    ctx.proto[rows].astype(np.uint64),
+                    ctx.service[rows].astype(np.uint64),
+                )
+                _, inv = np.unique(key, return_inverse=True)
+                inv = inv.ravel()
+                order = np.argsort(inv, kind="stable")
+                grp = inv[order]
+                start = np.r_[0, np.flatnonzero(np.diff(grp)) + 1]
+                run = np.arange(len(grp)) - np.repeat(start, np.diff(np.r_[start, len(grp)])) + 1
+                over = order[run > limit]
+                if len(over):
+                    return float(batch.ts[rows[over.min()]])
+            return end
         if feat in ("packets", "bytes", "initiations", "syn_only"):
             w = {
                 "packets": np.ones(len(pk)),

@@ -330,17 +330,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     from iotsentry.pipeline import AnalysisConfig, Analyzer
 
     paths = _check_inputs([args.input])
-    an = Analyzer(paths, AnalysisConfig(learn_seconds=args.learn_seconds))
+    an = Analyzer(paths, AnalysisConfig(learn_seconds=args.learn_seconds, global_deadline=True))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh, _ProgressBar(_total_bytes(paths)) as bar:
         fh.write("index,ts,device,score\n")
 
         def sink(batch: Any, device: Any, scores: Any) -> None:
-            names = np.array([*(d.device_id for d in an.devices), ""], dtype=object)
-            _write_rows(
-                fh, batch.index, batch.ts, names[np.where(device >= 0, device, len(an.devices))], scores
-            )
+            assert an.engine is not None
+            ids = an.engine.baseline.device_ids
+            names = np.array([*ids, ""], dtype=object)
+            _write_rows(fh, batch.index, batch.ts, names[np.where(device >= 0, device, len(ids))], scores)
 
         an.run(progress=bar, score_sink=sink)
     print(f"{an.packets:,} packets scored -> {out}")

@@ -1,13 +1,13 @@
 """Wires the stages for a batch run over capture files.
 
-Three streaming passes, each bounded in memory by the batch size, devices and windows:
+Two streaming passes, each bounded in memory by the batch size, devices and windows:
 
 1. **inventory**: every packet updates the device tracker; application fields (DHCP, DNS,
-   mDNS, SSDP, HTTP, TLS) are parsed from the few packets that carry them.
-2. **learning**: packets before the end of the learning period build each device's baseline
-   (window-aligned, so no window is split between learning and detection).
-3. **detection**: every packet is scored; windows outside their device's learned range become
-   findings, findings become alerts through the alert policy; per-device timelines are kept.
+   mDNS, SSDP, HTTP, TLS) are parsed from the few packets that carry them. It gives the
+   capture's span (for a learning period given as a fraction of it) and the inventory.
+2. **analysis**: the packets go through the :class:`~iotsentry.engine.DetectionEngine` -- the
+   same engine the always-on monitor runs -- where every device learns on its own clock, then
+   is scored and alerted on, with living baselines; per-device timelines are kept.
 """
 
 from __future__ import annotations
@@ -21,21 +21,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.alerts.policy import AlertPolicy
-from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings, profile_vectors
+from iotsentry.baseline.peer_groups import PeerGroups, profile_vectors
 from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
 from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.reader import read_packets
-from iotsentry.detectors.profile import Finding, ProfileDetector
+from iotsentry.engine import PEER_MIN_WINDOWS, DetectionEngine, finding_alert
 from iotsentry.features.app_tokens import TokenLog
-from iotsentry.features.device_context import WINDOW_S, DeviceIndex, packet_context
+from iotsentry.features.device_context import WINDOW_S, DeviceIndex
 from iotsentry.features.flowmeter import FlowMeter
 from iotsentry.inventory.devices import DeviceTracker
-from iotsentry.schema import PROTO_NAMES, Alert, Device, PacketBatch
+from iotsentry.schema import Alert, Device, PacketBatch
 
-PEER_MIN_WINDOWS = 5
-"""Devices with fewer learned windows are left out of peer grouping."""
+__all__ = [
+    "PEER_MIN_WINDOWS",
+    "AnalysisConfig",
+    "AnalysisResult",
+    "Analyzer",
+    "finding_alert",
+    "iter_batches",
+    "window_aligned",
+]
+
 
 Progress = Callable[[str, int], None]
 """Called with (phase, packets done so far)."""
@@ -60,6 +67,12 @@ class AnalysisConfig:
     """Refuse bare-IP peers and scan shapes that ramp up while the baseline learns (boiling-frog
     defence, :mod:`~iotsentry.baseline.ramp_guard`); off by default: real devices that are set up
     during learning grow too (docs/results.md Q6)."""
+    living: bool = True
+    """Absorb persistent, unalerted behaviour after learning (:mod:`~iotsentry.baseline.living`)."""
+    global_deadline: bool = False
+    """No device learns past the first learning end (``learn_seconds`` after the capture's first
+    packet), whatever its own clock: the protocol of infection-replay evaluations and of
+    ``iotsentry score`` (learn only from the first S seconds of traffic)."""
 
 
 @dataclass
@@ -72,6 +85,8 @@ class AnalysisResult:
     timelines: dict[str, dict[str, list[float]]]
     stats: dict[str, Any] = field(default_factory=dict)
     peer_groups: list[dict[str, Any]] = field(default_factory=list)
+    absorbed: list[dict[str, Any]] = field(default_factory=list)
+    """What the living baselines absorbed after learning (history records)."""
 
 
 def iter_batches(
@@ -111,27 +126,8 @@ def _split_at(b: PacketBatch, t: float) -> tuple[PacketBatch, PacketBatch]:
     return b.take(before), b.take(~before)
 
 
-def finding_alert(policy: AlertPolicy, detector: ProfileDetector, f: Finding, device_ip: str) -> Alert | None:
-    """The alert (through ``policy``, which may fold it into an earlier one) of a profile finding."""
-    return policy.make(
-        ts=f.ts,
-        device_id=f.device_id,
-        detector=detector.name,
-        detector_version=detector.version,
-        score=f.score,
-        threshold=f.threshold,
-        category=f.category,
-        reason=f.reason,
-        src_ip=device_ip,
-        dest_ip=f.peer_ip,
-        dest_port=f.peer_port,
-        proto=PROTO_NAMES.get(f.proto, str(f.proto)),
-        extra={"feature": f.feature, "values": f.values},
-    )
-
-
 class Analyzer:
-    """Runs the three passes over a set of captures (see module docstring)."""
+    """Runs the two passes over a set of captures (see module docstring)."""
 
     def __init__(self, paths: Sequence[str | Path], config: AnalysisConfig | None = None) -> None:
         self.paths = [Path(p) for p in paths]
@@ -143,7 +139,10 @@ class Analyzer:
         self.app_events = 0
         self.devices: list[Device] = []
         self.baseline: Baseline | None = None
-        """The learned baselines of the last :meth:`run` (frozen)."""
+        """The baselines of the last :meth:`run` (devices still learning at the end of the input
+        are not finished)."""
+        self.engine: DetectionEngine | None = None
+        """The engine of the last :meth:`run`."""
         self.tokens = TokenLog()
         self._type_model: Any = None
         self._time_sorted = True
@@ -198,7 +197,8 @@ class Analyzer:
         return math.floor(end / WINDOW_S) * WINDOW_S
 
     def _token_rows(self, positions: npt.NDArray[np.int64], index: DeviceIndex) -> TokenRows:
-        """Tokens carried by the packets at these (ascending) stream positions."""
+        """Tokens (from the inventory pass) carried by the packets at these ascending stream
+        positions, for callers that replay the capture through a detector themselves."""
         if not len(positions):
             return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint64)
         pos, mac, h = self.tokens.in_range(int(positions[0]), int(positions[-1]) + 1)
@@ -206,94 +206,54 @@ class Analyzer:
         ok = (rows < len(positions)) & (positions[np.minimum(rows, len(positions) - 1)] == pos)
         return rows[ok].astype(np.int64), index.of_macs(mac[ok]), h[ok]
 
-    # -- passes 2 and 3 -------------------------------------------------------------------------
+    # -- pass 2 -------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None, score_sink: ScoreSink | None = None) -> AnalysisResult:
-        """All three passes; returns inventory, baselines, alerts and timelines."""
-        devices = self.inventory(progress) if self.packets == 0 else self._typed(self.tracker.devices())
-        self.devices = devices
-        gw = next((d.device_id for d in devices if d.is_gateway), None)
-        index = DeviceIndex([d.device_id for d in devices], gw)
-        labels = [d.label for d in devices]
-        baseline = Baseline([d.device_id for d in devices])
-        baseline.drift_guard = self.config.drift_guard
-        self.baseline = baseline
-        t_end = self.learn_end()
-        names = self.tracker.ip_names
-        learned = 0
-        consumed = 0
-        for b in window_aligned(iter_batches(self.paths, self.config.batch_size)):
-            positions = consumed + np.arange(len(b), dtype=np.int64)
-            consumed += len(b)
-            before = b.ts < t_end
-            lb, _rest = _split_at(b, t_end)
-            if len(lb):
-                rows = self._token_rows(positions[before], index)
-                baseline.learn(lb, packet_context(lb, index), names, rows)
-                learned += len(lb)
-                if progress:
-                    progress("learning", learned)
-            if self._time_sorted and len(_rest):
-                break  # time-sorted input: nothing later can fall before the learning end
-        detector = ProfileDetector(
-            baseline, labels=labels, margin=self.config.margin, token_text=self.tokens.text
-        ).fit()
-        policy = AlertPolicy(site_id=self.config.site_id)
+        """Both passes; returns inventory, baselines, alerts and timelines."""
+        if self.packets == 0:
+            self.inventory(progress)
+        cfg = self.config
+        span = self.last_ts - self.first_ts if math.isfinite(self.first_ts) else 0.0
+        secs = cfg.learn_seconds if cfg.learn_seconds is not None else max(0.0, span * cfg.learn_fraction)
+        until = self.first_ts + secs if cfg.global_deadline and math.isfinite(self.first_ts) else None
+        engine = DetectionEngine(
+            secs,
+            site_id=cfg.site_id,
+            margin=cfg.margin,
+            drift_guard=cfg.drift_guard,
+            living=cfg.living,
+            learn_until=until,
+        )
+        timeline = _Timeline()
+
+        def sink(b: PacketBatch, device: npt.NDArray[np.int32], scores: npt.NDArray[np.float64]) -> None:
+            timeline.add(b, device, scores)
+            if score_sink is not None:
+                score_sink(b, device, scores)
+
+        engine.score_sink = sink
+        self.engine = engine
         meter = FlowMeter()
         n_flows = 0
-        timeline: dict[int, dict[int, list[float]]] = {}
         done = 0
-        for b in window_aligned(iter_batches(self.paths, self.config.batch_size)):
-            ctx = packet_context(b, index)
-            rows = self._token_rows(done + np.arange(len(b), dtype=np.int64), index)
-            scores, table, wscores = detector.evaluate(b, ctx, names, rows)
-            flows = meter.update(b)
-            n_flows += len(flows)
-            if score_sink is not None:
-                score_sink(b, ctx.device, scores)
-            for r in range(len(table)):
-                d, w = int(table.device[r]), int(table.window[r])
-                row = timeline.setdefault(d, {}).setdefault(w, [0.0, 0.0, 0.0])
-                row[0] += table.X[r, 0]
-                row[1] += table.X[r, 1]
-                row[2] = max(row[2], float(wscores[r]))
-            detect = (table.window * WINDOW_S) >= t_end
-            if detect.any():
-                ws = np.where(detect, wscores, 0.0)
-                found = detector.findings(b, ctx, table, ws) + detector.schedule_findings(
-                    b, ctx, names, t_end
-                )
-                for f in found:
-                    finding_alert(
-                        policy, detector, f, devices[f.device].ips[0] if devices[f.device].ips else ""
-                    )
+        absorbed: list[dict[str, Any]] = []
+        for b in self._time_ordered(
+            iter_batches(self.paths, cfg.batch_size, with_raw=keep_raw_for_app_fields)
+        ):
+            out = engine.ingest(b)
+            absorbed += out.absorbed
+            n_flows += len(meter.update(b))
             done += len(b)
             if progress:
-                progress("detection", done)
+                progress("analysis", done)
+        absorbed += engine.flush().absorbed
         n_flows += len(meter.flush())
-        groups = self._peer_groups(baseline, labels, policy)
-        baselines = {}
-        for prof, model, mature in zip(
-            baseline.profiles, detector.window_models, detector.mature, strict=False
-        ):
-            s = prof.summary()
-            s["limits"] = dict(
-                zip(detector.summary()[prof.device_id]["limits"], model.limits_.tolist(), strict=True)
-            )
-            s["mature"] = mature
-            s["schedules"] = [
-                {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
-                for x in baseline.periodicity.device_schedules(baseline.device_ids.index(prof.device_id))
-            ]
-            baselines[prof.device_id] = s
-        timelines = {
-            baseline.device_ids[d]: {
-                "t": [w * WINDOW_S for w in sorted(rows)],
-                "packets": [rows[w][0] for w in sorted(rows)],
-                "bytes": [rows[w][1] for w in sorted(rows)],
-                "score": [rows[w][2] for w in sorted(rows)],
-            }
-            for d, rows in timeline.items()
-        }
+        self.engine = engine
+        self.baseline = engine.baseline
+        devices = self._typed(engine.devices())
+        self.devices = devices
+        gw = next((d.device_id for d in devices if d.is_gateway), None)
+        groups = self._group_summary(engine.baseline)
+        timelines = timeline.result(engine.baseline.device_ids)
         stats = {
             "packets": self.packets,
             "flows": n_flows,
@@ -301,31 +261,80 @@ class Analyzer:
             "devices": len(devices),
             "first_ts": self.first_ts if math.isfinite(self.first_ts) else None,
             "last_ts": self.last_ts if math.isfinite(self.last_ts) else None,
-            "learn_end": t_end,
+            "learn_end": engine.t_end if math.isfinite(engine.t_end) else self.learn_end(),
+            "learn_seconds": secs,
             "gateway": gw,
-            "alerts_suppressed": policy.suppressed,
+            "alerts_suppressed": engine.policy.suppressed,
+            "absorbed": len(absorbed),
+            "visibility": engine.visibility.site(),
         }
-        return AnalysisResult(devices, policy.alerts(), baselines, timelines, stats, groups)
+        return AnalysisResult(
+            devices, engine.policy.alerts(), engine.baselines(), timelines, stats, groups, absorbed
+        )
 
-    def _peer_groups(
-        self, baseline: Baseline, labels: list[str], policy: AlertPolicy
-    ) -> list[dict[str, Any]]:
-        """Group devices that behave alike; alert on a device that leaves its group."""
-        ids, X = profile_vectors(baseline, min_windows=PEER_MIN_WINDOWS)
+    def _time_ordered(self, batches: Iterator[PacketBatch]) -> Iterator[PacketBatch]:
+        """The input in time order: as it is when the inventory pass found it so, else sorted in
+        memory (stable, so packets with equal times keep their order); a warning says so."""
+        if self._time_sorted:
+            yield from batches
+            return
+        import warnings
+
+        whole = PacketBatch.concat(list(batches))
+        warnings.warn(
+            f"{', '.join(map(str, self.paths))}: packets are not in time order; "
+            f"{len(whole):,} packets sorted in memory before the analysis",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        order = np.argsort(whole.ts, kind="stable")
+        for i in range(0, len(order), self.config.batch_size):
+            yield whole.take(order[i : i + self.config.batch_size])
+
+    @staticmethod
+    def _group_summary(baseline: Baseline) -> list[dict[str, Any]]:
+        """The peer groups of the devices whose learning ended (the engine alerts on outliers)."""
+        active = [p.device_id for p in baseline.profiles if p.active]
+        ids, X = profile_vectors(baseline, min_windows=PEER_MIN_WINDOWS, devices=active)
         if len(ids) < 3:
             return []
-        groups = PeerGroups().fit(ids, X)
-        label_of = dict(zip(baseline.device_ids, labels, strict=False))
-        for f in peer_group_findings(baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups()):
-            prof = baseline.profiles[baseline.device_ids.index(f["device_id"])]
-            policy.make(
-                ts=prof.last_ts,
-                device_id=f["device_id"],
-                detector="peer-groups",
-                detector_version="1",
-                score=float(f["score"]),
-                threshold=float(f["threshold"]),
-                category="peer-outlier",
-                reason=str(f["reason"]),
-            )
-        return groups.group_summary()
+        return PeerGroups().fit(ids, X).group_summary()
+
+
+class _Timeline:
+    """Per device and window: packets, bytes and the highest packet score (for the report)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[int, list[float]]] = {}
+
+    def add(self, b: PacketBatch, device: npt.NDArray[np.int32], scores: npt.NDArray[np.float64]) -> None:
+        ok = device >= 0
+        if not ok.any():
+            return
+        d = device[ok].astype(np.int64)
+        w = np.floor(b.ts[ok] / WINDOW_S).astype(np.int64)
+        key = (d << 40) | (w - w.min())
+        uk, inv = np.unique(key, return_inverse=True)
+        inv = inv.ravel()
+        pk = np.bincount(inv, minlength=len(uk))
+        by = np.bincount(inv, weights=b.wire_len[ok].astype(np.float64), minlength=len(uk))
+        sc = np.zeros(len(uk))
+        np.maximum.at(sc, inv, scores[ok])
+        w0 = int(w.min())
+        for k, p, y, s in zip(uk.tolist(), pk.tolist(), by.tolist(), sc.tolist(), strict=True):
+            row = self.rows.setdefault(k >> 40, {}).setdefault((k & ((1 << 40) - 1)) + w0, [0.0, 0.0, 0.0])
+            row[0] += p
+            row[1] += y
+            row[2] = max(row[2], s)
+
+    def result(self, device_ids: list[str]) -> dict[str, dict[str, list[float]]]:
+        out = {}
+        for d, rows in self.rows.items():
+            ws = sorted(rows)
+            out[device_ids[d]] = {
+                "t": [w * WINDOW_S for w in ws],
+                "packets": [rows[w][0] for w in ws],
+                "bytes": [rows[w][1] for w in ws],
+                "score": [rows[w][2] for w in ws],
+            }
+        return out

@@ -1,0 +1,629 @@
+"""The detection engine: one pass over a packet stream, every device on its own clock.
+
+Both the batch analysis (:class:`~iotsentry.pipeline.Analyzer`) and the always-on monitor
+(:class:`~iotsentry.serve.engine.StreamEngine`) run this engine, so a capture analysed as one
+file and the same traffic fed as hourly files give the same alerts. Per batch:
+
+1. the batch updates the :class:`~iotsentry.inventory.devices.DeviceTracker` (application fields
+   parsed from the frames whose raw bytes the reader kept; names and devices are those known so
+   far); new devices are appended to the baseline;
+2. batches are re-cut so that no 60-s window is split (the tail window is carried);
+3. each packet's conversation direction is tracked (:class:`~iotsentry.features.direction.FlowDirection`)
+   and the packet is attributed to a device (:func:`~iotsentry.features.device_context.packet_context`);
+4. a device's learning clock starts at its own first packet; its packets before its learning
+   end (``learn_seconds`` later, window-aligned) are learned; when the stream passes that end
+   the device's learning ends (:meth:`Baseline.finish`, :meth:`ProfileDetector.fit_devices`);
+5. the packets of devices whose learning ended are scored; findings become alerts through the
+   :class:`~iotsentry.alerts.policy.AlertPolicy`; what the devices did that their baselines do
+   not hold is recorded for guarded absorption (:class:`~iotsentry.baseline.living.Living`), and
+   what an alert was made of is blocked from it;
+6. once per clock hour of stream time: absorption of persistent, unalerted behaviour, the
+   devices' groups (type, vendor) and name visibility are refreshed, and devices silent far
+   longer than they ever were while learning get an ``offline`` notice.
+
+At the first learning end (``learn_seconds`` after the first packet) the peer-group check runs
+over the devices whose learning has ended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from iotsentry.alerts.policy import AlertPolicy
+from iotsentry.baseline.identity import device_groups
+from iotsentry.baseline.living import Living
+from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings
+from iotsentry.baseline.profile import Baseline, TokenRows
+from iotsentry.baseline.visibility import Visibility
+from iotsentry.capture.appfields import extract_app_events
+from iotsentry.detectors.profile import Finding, ProfileDetector
+from iotsentry.features.app_tokens import token_hash, tokens_of
+from iotsentry.features.device_context import WINDOW_S, DeviceIndex, PacketContext, packet_context
+from iotsentry.features.direction import FlowDirection
+from iotsentry.inventory.devices import DeviceTracker
+from iotsentry.schema import PROTO_NAMES, Alert, AppEvent, Device, PacketBatch
+
+__all__ = ["PEER_MIN_WINDOWS", "DetectionEngine", "EngineOutput", "finding_alert"]
+
+PEER_MIN_WINDOWS = 5
+"""Devices with fewer learned windows are left out of peer grouping."""
+MAX_TOKEN_TEXTS = 100_000
+"""Distinct application tokens whose text is kept for explanations (memory bound)."""
+OFFLINE_MIN_S = 3600.0
+"""A device is called offline after at least this long without a packet ..."""
+OFFLINE_GAP_FACTOR = 4.0
+"""... and at least this many times the longest pause it made while learning."""
+NAMED_SHARE = 0.5
+"""Share of its learned remote peers a device must reach by name for a bare IP to be evidence."""
+REMOTE_KINDS = frozenset({"network", "service", "bare-service", "high-network", "domain"})
+"""What a device whose baseline holds no remote peer is still learning."""
+NAME_KINDS = frozenset({"token", "domain"})
+"""What a device whose baseline holds no names is still learning."""
+LONG_HORIZON = frozenset({"slow_scan", "slow_brute_force", "beacon"})
+"""Findings that sum up an hour: everything the device did in that hour is part of them."""
+
+ScoreSink = Callable[[PacketBatch, npt.NDArray[np.int32], npt.NDArray[np.float64]], None]
+"""Receives (batch, device number per packet, score per packet) for every processed batch."""
+
+
+@dataclass
+class EngineOutput:
+    """What one call of :meth:`DetectionEngine.ingest` / :meth:`DetectionEngine.flush` produced."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    packets: int = 0
+    """Packets of the input batch (ingested; scored packets may lag by the carried window)."""
+    flows: int = 0
+    scored: int = 0
+    scores: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    """Per-packet scores of the packets scored in this call (devices past their learning)."""
+    contexts: list[tuple[PacketBatch, PacketContext]] = field(default_factory=list)
+    """The scored (batch, context) pairs, for monitors that look at packets (change rate)."""
+    learned: bool = False
+    """The first learning end passed during this call."""
+    finished: list[str] = field(default_factory=list)
+    """Devices whose learning ended during this call."""
+    absorbed: list[dict[str, Any]] = field(default_factory=list)
+    """History records of behaviour absorbed into baselines during this call."""
+
+
+def finding_alert(policy: AlertPolicy, detector: ProfileDetector, f: Finding, device_ip: str) -> Alert | None:
+    """The alert (through ``policy``, which may fold it into an earlier one) of a profile finding."""
+    return policy.make(
+        ts=f.ts,
+        device_id=f.device_id,
+        detector=detector.name,
+        detector_version=detector.version,
+        score=f.score,
+        threshold=f.threshold,
+        category=f.category,
+        reason=f.reason,
+        src_ip=device_ip,
+        dest_ip=f.peer_ip,
+        dest_port=f.peer_port,
+        proto=PROTO_NAMES.get(f.proto, str(f.proto)),
+        extra={"feature": f.feature, "values": f.values},
+    )
+
+
+class _TokenBuffer:
+    """Application tokens of packets not yet processed, by stream position (bounded by the carry)."""
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, int, int]] = deque()
+        self.text: dict[int, str] = {}
+
+    def add(self, events: list[AppEvent], frame_index: npt.NDArray[np.int64], first_position: int) -> None:
+        if not events:
+            return
+        where = np.searchsorted(frame_index, np.fromiter((e.index for e in events), np.int64, len(events)))
+        for ev, at in zip(events, where.tolist(), strict=True):
+            for t in tokens_of(ev):
+                h = token_hash(t)
+                if len(self.text) < MAX_TOKEN_TEXTS:
+                    self.text.setdefault(h, t)
+                self.items.append((first_position + at, int(ev.src_mac), h))
+
+    def take(self, positions: npt.NDArray[np.int64], index: DeviceIndex) -> TokenRows:
+        """Tokens of the packets at ``positions`` (ascending); older entries are dropped."""
+        empty: TokenRows = (np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint64))
+        if not len(positions):
+            return empty
+        lo, hi = int(positions[0]), int(positions[-1]) + 1
+        got: list[tuple[int, int, int]] = []
+        while self.items and self.items[0][0] < hi:
+            item = self.items.popleft()
+            if item[0] >= lo:
+                got.append(item)
+        if not got:
+            return empty
+        pos = np.array([g[0] for g in got], np.int64)
+        mac = np.array([g[1] for g in got], np.uint64)
+        h = np.array([g[2] for g in got], np.uint64)
+        rows = np.searchsorted(positions, pos)
+        ok = (rows < len(positions)) & (positions[np.minimum(rows, len(positions) - 1)] == pos)
+        return rows[ok].astype(np.int64), index.of_macs(mac[ok]), h[ok]
+
+
+def _token_subset(tokens: TokenRows, keep: npt.NDArray[np.bool_]) -> TokenRows:
+    rows, dev, h = tokens
+    if not len(rows):
+        return tokens
+    sel = keep[rows]
+    return rows[sel], dev[sel], h[sel]
+
+
+def _masked(ctx: PacketContext, keep: npt.NDArray[np.bool_]) -> PacketContext:
+    """The context with packets outside ``keep`` unattributed (device -1)."""
+    return PacketContext(
+        device=np.where(keep, ctx.device, -1).astype(np.int32),
+        outbound=ctx.outbound & keep,
+        peer_hi=ctx.peer_hi,
+        peer_lo=ctx.peer_lo,
+        service=ctx.service,
+        proto=ctx.proto,
+        initiation=ctx.initiation & keep,
+        syn_only=ctx.syn_only & keep,
+        window=ctx.window,
+        certain=ctx.certain,
+    )
+
+
+class DetectionEngine:
+    """Learning per device, then detection and living baselines, over a packet stream.
+
+    Parameters
+    ----------
+    learn_seconds
+        Length of each device's learning period from its own first packet.
+    site_id, margin
+        As in :class:`~iotsentry.pipeline.AnalysisConfig`.
+    policy
+        The alert policy (a fresh one by default).
+    drift_guard
+        Refuse bare-IP peers and scan shapes that ramp up while a baseline learns.
+    living
+        Absorb persistent, unalerted behaviour after learning (guarded; see
+        :mod:`~iotsentry.baseline.living`).
+    learn_until
+        A deadline (packet time) after which no device learns, whatever its own clock says:
+        evaluation protocols that may learn only from traffic before an infection use it.
+    """
+
+    def __init__(
+        self,
+        learn_seconds: float,
+        *,
+        site_id: str = "default",
+        margin: float = 2.0,
+        policy: AlertPolicy | None = None,
+        drift_guard: bool = False,
+        living: bool = True,
+        learn_until: float | None = None,
+    ) -> None:
+        self.learn_seconds = float(learn_seconds)
+        self.learn_until = learn_until
+        self.margin = margin
+        self.policy = policy or AlertPolicy(site_id=site_id)
+        self.tracker = DeviceTracker()
+        self.baseline = Baseline([])
+        self.baseline.drift_guard = drift_guard
+        self.index = DeviceIndex([])
+        self._tokens = _TokenBuffer()
+        self._events: deque[tuple[int, AppEvent]] = deque()
+        """Application events not yet counted for visibility, by stream position."""
+        self._ip_of: dict[str, str] = {}
+        self.detector = ProfileDetector(self.baseline, labels=[], margin=margin, token_text=self._tokens.text)
+        self.living: Living | None = Living(self.baseline) if living else None
+        if self.living is not None:
+            self.detector.alerted = self.living.alerted
+        self.visibility = Visibility()
+        self.direction = FlowDirection()
+        self.first_ts = math.inf
+        self.last_ts = -math.inf
+        self.t_end = math.inf
+        """The first learning end: ``learn_seconds`` after the first packet, window-aligned."""
+        self.packets = 0
+        self._carry: PacketBatch | None = None
+        self._carry_pos = np.zeros(0, np.int64)
+        self._gateway: str | None = None
+        self._known: set[str] = set()
+        self._last_seen = np.zeros(0)
+        self._offline_after = np.zeros(0)
+        self._offline: set[int] = set()
+        self._groups_done = False
+        self.score_sink: ScoreSink | None = None
+        """Called for every processed batch with per-packet scores (0 while a device learns)."""
+        self.baseline_changed = False
+        """Devices finished learning or behaviour was absorbed since the flag was last cleared."""
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def learning(self) -> bool:
+        """Whether no device's learning has ended yet."""
+        return not any(p.active for p in self.baseline.profiles)
+
+    @property
+    def carried(self) -> int:
+        """Packets ingested but not yet processed (the open window)."""
+        return len(self._carry) if self._carry is not None else 0
+
+    def devices(self) -> list[Device]:
+        """The inventory so far (cumulative counters), with each device's visibility."""
+        devs = self.tracker.devices()
+        where = {d: i for i, d in enumerate(self.baseline.device_ids)}
+        for dev in devs:
+            i = where.get(dev.device_id)
+            if i is not None and hasattr(dev, "visibility"):
+                dev.visibility = self.visibility.of(i)
+        return devs
+
+    def labels(self) -> list[str]:
+        """Human labels of the baseline's devices, in device-number order."""
+        by_id = {d.device_id: d.label for d in self.tracker.devices()}
+        return [by_id.get(i, i) for i in self.baseline.device_ids]
+
+    def _sync_devices(self) -> None:
+        devices = self.tracker.devices()
+        self._ip_of = {d.device_id: d.ips[0] for d in devices if d.ips}
+        gw = next((d.device_id for d in devices if d.is_gateway), None)
+        new = [d.device_id for d in devices if d.device_id not in self._known]
+        if not new and gw == self._gateway:
+            return
+        for dev_id in new:
+            self.baseline.add_device(dev_id)
+            self._known.add(dev_id)
+        k = len(self.baseline.device_ids) - len(self._last_seen)
+        if k > 0:
+            self._last_seen = np.append(self._last_seen, np.full(k, -np.inf))
+            self._offline_after = np.append(self._offline_after, np.full(k, np.inf))
+        self._gateway = gw
+        self.index = DeviceIndex(list(self.baseline.device_ids), gw)
+        self.detector.labels = self.labels()
+
+    # -- input -------------------------------------------------------------------------------
+    def ingest(self, batch: PacketBatch) -> EngineOutput:
+        """Take one batch; returns the alerts it raised and the scores of the packets scored."""
+        out = EngineOutput(packets=len(batch))
+        if not len(batch):
+            return out
+        events = extract_app_events(batch) if batch.raw is not None else []
+        self.tracker.update(batch, events)
+        positions = self.packets + np.arange(len(batch), dtype=np.int64)
+        self._tokens.add(events, batch.index, self.packets)
+        self.packets += len(batch)
+        if not math.isfinite(self.first_ts):
+            self.first_ts = float(batch.ts.min())
+            end = self.first_ts + max(0.0, self.learn_seconds)
+            if self.learn_until is not None:
+                end = min(end, self.learn_until)
+            self.t_end = math.floor(end / WINDOW_S) * WINDOW_S
+        self.last_ts = max(self.last_ts, float(batch.ts.max()))
+        self._sync_devices()
+        if events:
+            where = np.searchsorted(
+                batch.index, np.fromiter((e.index for e in events), np.int64, len(events))
+            )
+            self._events.extend(zip((positions[0] + where).tolist(), events, strict=True))
+        head, head_pos = self._align(batch, positions)
+        if head is not None:
+            self._process(head, head_pos, out)
+        return out
+
+    def flush(self) -> EngineOutput:
+        """Process the carried window (at shutdown: no later packet will close it)."""
+        out = EngineOutput()
+        if self._carry is not None and len(self._carry):
+            b, pos = self._carry, self._carry_pos
+            self._carry, self._carry_pos = None, np.zeros(0, np.int64)
+            self._process(b, pos, out)
+        return out
+
+    def _align(
+        self, batch: PacketBatch, positions: npt.NDArray[np.int64]
+    ) -> tuple[PacketBatch | None, npt.NDArray[np.int64]]:
+        """Carry + batch, cut before the last window (as ``pipeline.window_aligned``)."""
+        if self._carry is not None and len(self._carry):
+            b = PacketBatch.concat([self._carry, batch])
+            pos = np.concatenate([self._carry_pos, positions])
+        else:
+            b, pos = batch, positions
+        w = np.floor(b.ts / WINDOW_S)
+        cut = int(np.searchsorted(w, w[-1], side="left")) if np.all(np.diff(w) >= 0) else len(b)
+        if cut == 0:
+            self._carry, self._carry_pos = b, pos
+            return None, pos[:0]
+        if cut < len(b):
+            self._carry, self._carry_pos = b.take(np.arange(cut, len(b))), pos[cut:]
+            return b.take(np.arange(cut)), pos[:cut]
+        self._carry, self._carry_pos = None, np.zeros(0, np.int64)
+        return b, pos
+
+    # -- one aligned batch ------------------------------------------------------------------------
+    def _process(self, b: PacketBatch, pos: npt.NDArray[np.int64], out: EngineOutput) -> None:
+        """One window-aligned batch, cut at every learning end and clock hour inside it, so that
+        what happens at those times does not depend on how the stream was cut into batches."""
+        ctx = packet_context(b, self.index, direction=self.direction.update(b))
+        self._start_clocks(b, ctx)
+        cuts = self._cuts(float(b.ts[0]), float(b.ts[-1]))
+        if not cuts:
+            self._segment(b, ctx, pos, out)
+            return
+        at = np.searchsorted(b.ts, np.array(cuts), side="left").tolist()
+        start = 0
+        for stop in [*at, len(b)]:
+            if stop > start:
+                sel = np.arange(start, stop)
+                self._segment(b.take(sel), _take(ctx, sel), pos[start:stop], out)
+            start = stop
+
+    def _cuts(self, t0: float, t1: float) -> list[float]:
+        """Times in ``(t0, t1]`` where the engine's state changes: learning ends, clock hours."""
+        cuts = {p.learn_end for p in self.baseline.profiles if not p.active and t0 < p.learn_end <= t1}
+        if t0 < self.t_end <= t1:
+            cuts.add(self.t_end)
+        if self.living is not None:
+            h = math.floor(t0 / 3600.0) * 3600.0 + 3600.0
+            while h <= t1:
+                cuts.add(h)
+                h += 3600.0
+        return sorted(cuts)
+
+    def _segment(
+        self, b: PacketBatch, ctx: PacketContext, pos: npt.NDArray[np.int64], out: EngineOutput
+    ) -> None:
+        """Packets between two state changes: finish due devices, tick, learn, detect."""
+        now = float(b.ts[0])
+        self._finish(now, out)
+        if self.living is not None and self.living.due(now) and not self.learning:
+            self._tick(math.floor(now / 3600.0) * 3600.0, out)
+        names, name_ts = self.tracker.ip_names, self.tracker.ip_name_ts
+        self.visibility.update_packets(b, ctx, len(self.baseline.device_ids))
+        self._count_events(pos)
+        rows = self._tokens.take(pos, self.index)
+        learn = self.baseline.learning_mask(ctx.device, b.ts)
+        if learn.any():
+            self.baseline.learn(
+                b,
+                _masked(ctx, learn),
+                names,
+                _token_subset(rows, learn),
+                token_text=self._tokens.text,
+                name_ts=name_ts,
+            )
+        dev = np.maximum(ctx.device, 0)
+        active = np.array([p.active for p in self.baseline.profiles], dtype=bool)
+        detect = (ctx.device >= 0) & active[dev] if len(active) else np.zeros(len(b), dtype=bool)
+        scores = np.zeros(len(b))
+        if detect.any():
+            dctx = _masked(ctx, detect)
+            scores = self._detect(b, dctx, _token_subset(rows, detect), out)
+            out.scored += int(detect.sum())
+            out.scores = np.concatenate([out.scores, scores[detect]])
+            out.contexts.append((b, dctx))
+        if self.score_sink is not None:
+            self.score_sink(b, ctx.device, scores)
+        seen = ctx.device >= 0
+        if seen.any():
+            np.maximum.at(self._last_seen, ctx.device[seen], b.ts[seen])
+            self._offline -= set(np.unique(ctx.device[seen]).tolist())
+
+    def _count_events(self, pos: npt.NDArray[np.int64]) -> None:
+        """Count the application events of the packets at ``pos`` for visibility."""
+        if not self._events or not len(pos):
+            return
+        hi = int(pos[-1]) + 1
+        got = []
+        while self._events and self._events[0][0] < hi:
+            got.append(self._events.popleft()[1])
+        if got:
+            of_mac = {
+                int(m): int(i)
+                for m, i in zip(self.index._macs.tolist(), self.index._mac_idx.tolist(), strict=True)
+            }
+            self.visibility.update_events(got, of_mac, len(self.baseline.device_ids))
+
+    def _start_clocks(self, b: PacketBatch, ctx: PacketContext) -> None:
+        dv = ctx.device
+        started = np.array([math.isfinite(p.learn_start) for p in self.baseline.profiles], dtype=bool)
+        fresh = (dv >= 0) & ~(started[np.maximum(dv, 0)] if len(started) else True)
+        if not fresh.any():
+            return
+        d = dv[fresh]
+        t = b.ts[fresh]
+        for i in np.unique(d).tolist():
+            self.baseline.start_clock(int(i), float(t[d == i].min()), self.learn_seconds, self.learn_until)
+
+    def _finish(self, now: float, out: EngineOutput) -> None:
+        """End the learning of the devices whose period is over at ``now`` (stream time)."""
+        due = self.baseline.due(now)
+        if due:
+            by_id = {d.device_id: d for d in self.tracker.devices()}
+            for i in due:
+                dev = by_id.get(self.baseline.device_ids[i])
+                if dev is not None:
+                    self.baseline.set_groups(i, device_groups(dev.device_type, dev.vendor, dev.is_gateway))
+                prof = self.baseline.profiles[i]
+                self.baseline.names_evidence[i] = self._names_evidence(i)
+                gaps = (
+                    np.diff(np.sort(np.asarray(prof.window_ts))) if len(prof.window_ts) > 1 else np.zeros(1)
+                )
+                self._offline_after[i] = max(OFFLINE_MIN_S, OFFLINE_GAP_FACTOR * float(gaps.max(initial=0.0)))
+            self.baseline.finish(due)
+            self.detector.labels = self.labels()
+            for f in self.detector.fit_devices(due):
+                del f  # queued in the detector; raised with the next findings
+            out.finished += [self.baseline.device_ids[i] for i in due]
+            self.baseline_changed = True
+        if not self._groups_done and now >= self.t_end and not self.learning:
+            self._groups_done = True
+            out.learned = True
+            out.alerts += self._peer_groups()
+
+    def _detect(
+        self, b: PacketBatch, ctx: PacketContext, rows: TokenRows, out: EngineOutput
+    ) -> npt.NDArray[np.float64]:
+        det = self.detector
+        names = self.tracker.ip_names
+        scores, table, wscores = det.evaluate(b, ctx, names, rows, self.tracker.ip_name_ts)
+        found = det.findings(b, ctx, table, wscores) + det.schedule_findings(b, ctx, names, -math.inf)
+        found.sort(key=lambda f: f.ts)  # the earliest crossing names the alert a repeat folds into
+        if self.living is not None and det.identity is not None:
+            self.living.observe_batch(b, ctx, det.identity, names, det._new_token, self._tokens.text)
+        ip_of = self._ip_of
+        for f in found:
+            if self.living is not None and f.category not in ("silence", "baseline-drift"):
+                span = 3600.0 if f.feature in LONG_HORIZON else 0.0
+                w0 = math.floor(f.ts / WINDOW_S) * WINDOW_S
+                svc = f"{PROTO_NAMES.get(f.proto, str(f.proto))}/{f.peer_port}" if f.peer_port else ""
+                self.living.block(f.device, w0 - span, w0 + WINDOW_S - 1e-6, f.category, f.peer_ip, svc)
+            a = finding_alert(self.policy, det, f, ip_of.get(f.device_id, ""))
+            if a is not None:
+                out.alerts.append(a)
+        return scores
+
+    def _names_evidence(self, i: int) -> bool:
+        """A bare-IP peer is evidence for device ``i`` when its DNS answers are observable and
+        its baseline reaches most of its remote peers through names."""
+        prof = self.baseline.profiles[i]
+        return self.visibility.names_evidence(i) and prof.named_share() >= NAMED_SHARE
+
+    def _tick(self, now: float, out: EngineOutput) -> None:
+        """Hourly work: absorption, groups and visibility refresh, offline notices."""
+        assert self.living is not None
+        by_id = {d.device_id: d for d in self.tracker.devices()}
+        for i, p in enumerate(self.baseline.profiles):
+            if not p.active:
+                continue
+            dev = by_id.get(p.device_id)
+            if dev is not None:
+                groups = device_groups(dev.device_type, dev.vendor, dev.is_gateway)
+                if groups != p.groups:
+                    self.baseline.set_groups(i, groups)
+            self.baseline.names_evidence[i] = self._names_evidence(i)
+        det = self.detector
+        young: dict[int, frozenset[str]] = {}
+        for i, p in enumerate(self.baseline.profiles):
+            if not p.active or i >= len(det.remote_known):
+                continue
+            kinds: set[str] = set()
+            if not det.remote_known[i]:
+                kinds |= REMOTE_KINDS
+            if not det.names_known[i]:
+                kinds |= NAME_KINDS
+            if kinds:
+                young[i] = frozenset(kinds)
+        recs = self.living.tick(now, young)
+        if recs:
+            out.absorbed += recs
+            self.baseline_changed = True
+            ids = {p.device_id: i for i, p in enumerate(self.baseline.profiles)}
+            self.detector.refresh_knowledge(sorted({ids[r["device_id"]] for r in recs}))
+        out.alerts += self._offline_notices(now)
+
+    def _offline_notices(self, now: float) -> list[Alert]:
+        out: list[Alert] = []
+        for i, p in enumerate(self.baseline.profiles):
+            if not p.active or i in self._offline or i >= len(self._last_seen):
+                continue
+            last = float(self._last_seen[i])
+            if not math.isfinite(last) or now - last <= self._offline_after[i]:
+                continue
+            self._offline.add(i)
+            label = self.detector.labels[i] if i < len(self.detector.labels) else p.device_id
+            a = self.policy.make(
+                ts=now,
+                device_id=p.device_id,
+                detector="monitor",
+                detector_version="1",
+                score=(now - last) / self._offline_after[i],
+                threshold=1.0,
+                category="offline",
+                reason=(
+                    f"{label} sent nothing for {(now - last) / 3600.0:.1f} h (last packet at "
+                    f"{_utc(last)}); while learning it never paused longer than "
+                    f"{self._offline_after[i] / OFFLINE_GAP_FACTOR / 60.0:.0f} min"
+                ),
+            )
+            if a is not None:
+                out.append(a)
+        return out
+
+    def _peer_groups(self) -> list[Alert]:
+        """The peer-group check over the devices whose learning has ended."""
+        baseline = self.baseline
+        labels = self.labels()
+        label_of = dict(zip(baseline.device_ids, labels, strict=False))
+        out: list[Alert] = []
+        active = [p.device_id for p in baseline.profiles if p.active and p.learn_end <= self.t_end]
+        found = peer_group_findings(
+            baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups(), devices=active
+        )
+        for f in found:
+            prof = baseline.profiles[baseline.device_ids.index(f["device_id"])]
+            a = self.policy.make(
+                ts=prof.last_ts,
+                device_id=f["device_id"],
+                detector="peer-groups",
+                detector_version="1",
+                score=float(f["score"]),
+                threshold=float(f["threshold"]),
+                category="peer-outlier",
+                reason=str(f["reason"]),
+            )
+            if a is not None:
+                out.append(a)
+        return out
+
+    # -- results -----------------------------------------------------------------------------
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The profiles of devices whose learning ended, JSON-ready (limits, maturity, schedules)."""
+        det = self.detector
+        out: dict[str, dict[str, Any]] = {}
+        for i, prof in enumerate(self.baseline.profiles):
+            if not prof.active or i >= len(det.window_models):
+                continue
+            s = prof.summary()
+            s["limits"] = dict(zip(_features(), det.window_models[i].limits_.tolist(), strict=True))
+            s["mature"] = det.mature[i]
+            s["schedules"] = [
+                {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
+                for x in self.baseline.periodicity.device_schedules(i)
+            ]
+            s["visibility"] = self.visibility.of(i)
+            out[prof.device_id] = s
+        return out
+
+
+def _take(ctx: PacketContext, rows: npt.NDArray[np.int64]) -> PacketContext:
+    return PacketContext(
+        device=ctx.device[rows],
+        outbound=ctx.outbound[rows],
+        peer_hi=ctx.peer_hi[rows],
+        peer_lo=ctx.peer_lo[rows],
+        service=ctx.service[rows],
+        proto=ctx.proto[rows],
+        initiation=ctx.initiation[rows],
+        syn_only=ctx.syn_only[rows],
+        window=ctx.window[rows],
+        certain=ctx.certain[rows] if ctx.certain is not None else None,
+    )
+
+
+def _features() -> tuple[str, ...]:
+    from iotsentry.features.windows import WINDOW_FEATURES
+
+    return WINDOW_FEATURES
+
+
+def _utc(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

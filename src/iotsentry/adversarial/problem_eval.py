@@ -159,7 +159,9 @@ class Run:
 
 def analyze(path: Path, learn_seconds: float, drift_guard: bool = False) -> Run:
     """Analyze a capture as Q1 does, learning only from its first ``learn_seconds``."""
-    an = Analyzer([path], AnalysisConfig(learn_seconds=learn_seconds, drift_guard=drift_guard))
+    an = Analyzer(
+        [path], AnalysisConfig(learn_seconds=learn_seconds, drift_guard=drift_guard, global_deadline=True)
+    )
     parts: list[tuple[Any, Any, Any]] = []
 
     def sink(batch: Any, device: Any, scores: Any) -> None:

@@ -120,7 +120,11 @@ def score_capture(
     AnalysisResult, npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], list[str]
 ]:
     """Analyze one capture; also return per-packet (index, ts, score) and the device ids."""
-    an = Analyzer([path], AnalysisConfig(learn_seconds=learn_seconds, learn_fraction=learn_fraction))
+    # the protocol: every device learns only from traffic before the splice
+    an = Analyzer(
+        [path],
+        AnalysisConfig(learn_seconds=learn_seconds, learn_fraction=learn_fraction, global_deadline=True),
+    )
     parts: list[tuple[Any, Any, Any]] = []
 
     def sink(batch: Any, device: Any, scores: Any) -> None:

@@ -121,9 +121,21 @@ def state_of(b: Baseline) -> dict[str, Any]:
                 p.capped,
                 p.first_ts,
                 p.last_ts,
+                p.networks,
+                p.domains,
+                p.bare_services,
+                p.high_networks,
+                p.learn_start,
+                p.learn_end,
+                p.active,
+                p.groups,
+                p.history,
             )
             for p in b.profiles
         ],
+        "known": b.known.array().tolist(),
+        "group_known": b.group_known.array().tolist(),
+        "names_evidence": b.names_evidence.tolist(),
         "peer_table": (b._peer_keys.tolist(), b._peer_counts.tolist(), b._peer_keys.dtype),
         "svc_table": (b._svc_keys.tolist(), b._svc_counts.tolist(), b._svc_keys.dtype),
         "peer_win": b._peer_win,
@@ -186,9 +198,35 @@ def test_quarantine_and_drift_guard_round_trip(home: Learned, tmp_path: Path) ->
     assert loaded.profiles[0].first_ts == float("inf") and loaded.profiles[0].last_ts == float("-inf")
 
 
-def test_an_unfrozen_baseline_is_not_saved(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="frozen"):
-        save_baseline(Baseline(["02:00:00:00:00:01"]), tmp_path / "b")
+def test_a_baseline_still_learning_round_trips_and_learns_on(home: Learned, tmp_path: Path) -> None:
+    """A living baseline is saved at any time: a device still learning keeps its clock and its
+    connection series, and its learning goes on after the load."""
+    b = Baseline(list(home.baseline.device_ids))
+    done = 0
+    for batch in window_aligned(iter_batches([home.path], home.an.config.batch_size)):
+        ctx = packet_context(batch, home.index)
+        rows = home.an._token_rows(done + np.arange(len(batch), dtype=np.int64), home.index)
+        done += len(batch)
+        b.learn(batch, ctx, home.an.tracker.ip_names, rows)
+        if done > 5000:
+            break
+    b.start_clock(0, 1.0e9, 3600.0)
+    b.profiles[1].networks.add("203.0.113.0/24")
+    b.profiles[1].history.append({"id": "abs-1", "kind": "network", "item": "203.0.113.0/24"})
+    b.rebuild_identity()
+    assert not b.frozen and b.periodicity.learning_series()
+    target = save_baseline(b, tmp_path / "b")
+    loaded = load_baseline(target)
+    assert not loaded.frozen
+    assert state_of(loaded) == state_of(b)
+    assert loaded.periodicity.learning_series() == b.periodicity.learning_series()
+    assert loaded.profiles[0].learn_start == 1.0e9 and not loaded.profiles[0].active
+    assert loaded.has_item(1, "network", "203.0.113.0/24")
+    loaded.freeze()
+    b.freeze()
+    assert [(k, asdict(x)) for k, x in loaded.periodicity.schedules.items()] == [
+        (k, asdict(x)) for k, x in b.periodicity.schedules.items()
+    ]
 
 
 def test_save_replaces_atomically(home: Learned, tmp_path: Path) -> None:
@@ -260,8 +298,8 @@ def test_a_truncated_or_missing_or_extra_file_is_refused(saved: Path) -> None:
 
 def test_a_tampered_manifest_is_refused(saved: Path) -> None:
     original = (saved / MANIFEST_FILE).read_text()
-    _rewrite_manifest(saved, lambda m: m.update(version=2))
-    _refused(saved, MANIFEST_FILE, "version 2 is not supported")
+    _rewrite_manifest(saved, lambda m: m.update(version=1))
+    _refused(saved, MANIFEST_FILE, "version 1 is not supported")
     (saved / MANIFEST_FILE).write_text(original)
     _rewrite_manifest(saved, lambda m: m["device_ids"].reverse())
     _refused(saved, PROFILES_FILE, "device_ids differ")

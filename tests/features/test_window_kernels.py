@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from conftest import data_path
+from iotsentry.baseline.identity import registered_domain
 from iotsentry.baseline.periodicity import connection_starts
 from iotsentry.baseline.profile import Baseline, TokenRows, _ip_names, service_label
 from iotsentry.capture.reader import read_all
@@ -104,6 +105,7 @@ def _reference_window_table(
     named_peer: npt.NDArray[np.bool_],
     known_service: npt.NDArray[np.bool_],
     new_token: npt.NDArray[np.uint64] | None = None,
+    known_target: npt.NDArray[np.bool_] | None = None,
 ) -> WindowTable:
     n = len(ctx)
     valid = ctx.device >= 0
@@ -147,6 +149,8 @@ def _reference_window_table(
     # (apps that poll a hub's local HTTP API open many short connections too)
     hi, lo = ctx.peer_hi[valid], ctx.peer_lo[valid]
     remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
+    if known_target is not None:
+        remote &= ~known_target[valid]
     login = np.isin(dport, LOGIN_PORTS)
     shapes = _reference_packet_shapes(g, peer, dport, svc, oi, ctx.syn_only[valid] & (remote | login))
     X[:, col("max_conns_per_target")] = 0.0
@@ -173,7 +177,11 @@ class _ReferenceBaseline(Baseline):
         )
 
     def named(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str]
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        name_ts: dict[str, float] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         n = len(ctx)
         has_name = np.zeros(n, dtype=bool)
@@ -190,7 +198,11 @@ class _ReferenceBaseline(Baseline):
                 name = ip_names.get(ip_to_str(hi, lo))
                 if name:
                     hn[i] = True
-                    nk[i] = name in self._names.get(dev, ())
+                    # the name itself, or its registrable domain, learned by the device
+                    nk[i] = (
+                        name in self._names.get(dev, ())
+                        or registered_domain(name) in self.profiles[dev].domains
+                    )
             has_name[cand] = hn[inv.ravel()]
             name_known[cand] = nk[inv.ravel()]
         return has_name | local, name_known, local
@@ -201,9 +213,9 @@ class _ReferenceBaseline(Baseline):
         ctx: PacketContext,
         ip_names: dict[str, str],
         tokens: TokenRows | None = None,
+        token_text: dict[int, str] | None = None,
+        name_ts: dict[str, float] | None = None,
     ) -> None:
-        if self._frozen:
-            raise RuntimeError("the baseline is frozen; learning happens before detection")
         valid = (ctx.device >= 0) & (batch.ip_version > 0)
         pk = self.peer_keys(ctx)
         sk = self.service_keys(ctx)
@@ -212,7 +224,13 @@ class _ReferenceBaseline(Baseline):
         has_name, name_known, local = self.named(batch, ctx, ip_names)
         new_tok = self._first_tokens(len(batch), ctx, tokens)
         table = _reference_window_table(
-            batch, ctx, known_p | name_known | local | ~valid, has_name, known_s | ~valid, new_tok
+            batch,
+            ctx,
+            known_p | name_known | local | ~valid,
+            has_name,
+            known_s | ~valid,
+            new_tok,
+            (known_p | name_known | local) & known_s,
         )
         for r in range(len(table)):
             prof = self.profiles[int(table.device[r])]
@@ -289,6 +307,7 @@ class _ReferenceBaseline(Baseline):
                     prof.peer_names[ip] = name
                     self._names[dev].add(name)
                     prof.names.add(name)
+                    prof.domains.add(registered_domain(name))
             else:
                 prof.services[service_label(ctx.proto[i], ctx.service[i])] += int(c)
 
@@ -398,6 +417,7 @@ def assert_same_table(a: WindowTable, b: WindowTable) -> None:
 def baseline_state(b: Baseline) -> list[Any]:
     profs = [
         (
+            sorted(p.domains),
             list(p.peers.items()),
             list(p.peer_names.items()),
             sorted(p.names),

@@ -484,6 +484,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from iotsentry.evaluation.q2 import q2_markdown, run_q2
 
         _append(results, q2_markdown(run_q2(data)), "iotsentry eval q2")
+    elif args.benchmark == "q7":
+        from iotsentry.evaluation.q7 import RECIPES_Q7, VICTIMS, q7_markdown, run_q7
+
+        out = run_q7(
+            data,
+            Path(args.work_dir) / "q7",
+            recipes=tuple(args.recipe or RECIPES_Q7),
+            victims=tuple(args.victim or VICTIMS),
+            late_learning=tuple(args.late_learning or ("1 h", "1 day")),
+        )
+        _append(results, q7_markdown(out), "iotsentry eval q7")
     else:
         from iotsentry.evaluation.q3 import q3_markdown, run_q3
 
@@ -779,13 +790,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_mix)
 
     e = sub.add_parser("eval", help="benchmarks (BENCHMARKS.md)")
-    e.add_argument("benchmark", choices=["q1", "q2", "q3"])
+    e.add_argument("benchmark", choices=["q1", "q2", "q3", "q7"])
     e.add_argument("--recipe", action="append", help="D1, D2, ... (default: all)")
     e.add_argument("--data", default=str(Path("..") / "shared" / "data"))
     e.add_argument("--results", default="docs/results.md")
     e.add_argument("--work-dir", default=str(DEFAULT_OUT / "eval"))
     e.add_argument("--models", help="q1: also evaluate these packet models, e.g. kitnet,iforest")
     e.add_argument("--jobs", type=int, default=1, help="q3: parallel jobs")
+    e.add_argument(
+        "--late-learning",
+        action="append",
+        choices=["1 h", "1 day"],
+        help="q7: learning lengths of the late-infection runs (default: both)",
+    )
+    e.add_argument("--victim", action="append", help="q7: IoTEnsemble victim devices (default: four)")
     e.set_defaults(func=cmd_eval)
 
     fl = sub.add_parser("fl", help="federated learning with Flower")

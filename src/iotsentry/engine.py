@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.baseline.identity import device_groups
-from iotsentry.baseline.living import Living
+from iotsentry.baseline.living import Living, alerted_key, items_of_evidence
 from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings
 from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.baseline.visibility import Visibility
@@ -62,6 +62,8 @@ OFFLINE_GAP_FACTOR = 4.0
 """... and at least this many times the longest pause it made while learning."""
 NAMED_SHARE = 0.5
 """Share of its learned remote peers a device must reach by name for a bare IP to be evidence."""
+NOVELTY_FEATURES = frozenset({"new_peers", "new_unnamed_peers", "new_services", "new_names", "beacon"})
+"""Findings about novelty: an operator's "expected" absorbs their items, not a limit."""
 REMOTE_KINDS = frozenset({"network", "service", "bare-service", "high-network", "domain"})
 """What a device whose baseline holds no remote peer is still learning."""
 NAME_KINDS = frozenset({"token", "domain"})
@@ -527,6 +529,94 @@ class DetectionEngine:
             ids = {p.device_id: i for i, p in enumerate(self.baseline.profiles)}
             self.detector.refresh_knowledge(sorted({ids[r["device_id"]] for r in recs}))
         out.alerts += self._offline_notices(now)
+
+    # -- operator feedback ---------------------------------------------------------------------
+    def apply_feedback(
+        self,
+        action: str,
+        device_id: str,
+        scope: str,
+        evidence: Mapping[str, Any],
+        *,
+        who: str,
+        ts: float,
+        reason: str,
+        undo: Sequence[Mapping[str, Any]] = (),
+    ) -> list[dict[str, Any]]:
+        """Apply an operator's verdict on an incident to the living baselines.
+
+        ``absorb`` (the incident was marked expected): the networks, services and names its
+        evidence shows are absorbed into the device's baseline -- or into every device sharing
+        one of its groups when ``scope`` is ``group`` -- and the limits its shape / volume
+        findings crossed are raised to ``margin`` x what was seen. ``revert``: the history records
+        ``undo`` (what an earlier ``absorb`` returned) are taken back. Returns the history
+        records (kept in the devices' profiles; the caller audits them).
+
+        Raises
+        ------
+        ValueError
+            An unknown action or scope, or a device the engine does not know.
+        """
+        if action not in ("absorb", "revert") or scope not in ("device", "group"):
+            raise ValueError(f"feedback: unknown action {action!r} or scope {scope!r}")
+        ids = {d: i for i, d in enumerate(self.baseline.device_ids)}
+        if device_id not in ids:
+            raise ValueError(f"feedback: device {device_id} is not in the baseline")
+        living = self.living if self.living is not None else Living(self.baseline)
+        if action == "revert":
+            recs = living.revert([dict(r) for r in undo if r.get("kind") != "limit"], ts, who, reason)
+            for r in undo:
+                if r.get("kind") == "limit" and str(r.get("device_id")) in ids:
+                    i = ids[str(r["device_id"])]
+                    feat = str(r["item"]).split("=")[0]
+                    self.baseline.profiles[i].limit_overrides.pop(feat, None)
+                    if self.baseline.profiles[i].active:
+                        self.detector.fit_devices([i])  # back to the learned limits
+                    recs.append(
+                        living.record(
+                            i, ts, "limit", str(r["item"]), feat, "operator", f"{who}: {reason}", "revert"
+                        )
+                    )
+            self.baseline_changed = True
+            self.detector.refresh_knowledge()
+            return recs
+        d = ids[device_id]
+        devices = [d]
+        if scope == "group":
+            groups = set(self.baseline.profiles[d].groups)
+            devices += [i for i, p in enumerate(self.baseline.profiles) if i != d and groups & set(p.groups)]
+        samples = [dict(x) for x in evidence.get("evidence", [])]
+        items = items_of_evidence(samples, [str(c) for c in evidence.get("categories", [])])
+        recs = living.expected(devices, items, ts, who, reason)
+        for i in devices:
+            if not self.baseline.profiles[i].active:
+                continue
+            for smp in samples:
+                feat = str(smp.get("feature") or "")
+                if feat in NOVELTY_FEATURES or smp.get("score") is None:
+                    continue
+                limit = self.detector.limit_of(i, feat)
+                if limit is None:
+                    continue
+                seen = float(smp["score"]) * limit
+                new = self.margin * seen
+                prof = self.baseline.profiles[i]
+                if new > prof.limit_overrides.get(feat, 0.0) and new > limit:
+                    prof.limit_overrides[feat] = new
+                    recs.append(
+                        living.record(
+                            i, ts, "limit", f"{feat}={new:g}", feat, "operator", f"{who}: {reason}"
+                        )
+                    )
+            self.detector.apply_overrides(i)
+        living.alerted.discard(
+            k
+            for r in recs
+            if (k := alerted_key(ids[r["device_id"]], str(r["kind"]), str(r["item"]))) is not None
+        )
+        self.detector.refresh_knowledge(devices)
+        self.baseline_changed = True
+        return recs
 
     def _offline_notices(self, now: float) -> list[Alert]:
         out: list[Alert] = []

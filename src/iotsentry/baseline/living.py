@@ -296,7 +296,7 @@ class Living:
                         f"seen from {_utc(c.first_ts)}, never part of an alert, while the baseline held no "
                         f"{what} (still learning them)"
                     )
-                    out.append(self._record(d, now, c.kind, c.item, c.label, "auto", reason))
+                    out.append(self.record(d, now, c.kind, c.item, c.label, "auto", reason))
             ready = [
                 c
                 for c in cands.values()
@@ -316,10 +316,10 @@ class Living:
                     f"seen in {len(c.hours)} separate hours from {_utc(c.first_ts)} to {_utc(c.last_ts)}, "
                     "never part of an alert"
                 )
-                out.append(self._record(d, now, c.kind, c.item, c.label, "auto", reason))
+                out.append(self.record(d, now, c.kind, c.item, c.label, "auto", reason))
         return out
 
-    def _record(
+    def record(
         self,
         d: int,
         ts: float,
@@ -330,6 +330,7 @@ class Living:
         reason: str,
         action: str = "absorb",
     ) -> dict[str, Any]:
+        """Append a history record to device ``d``'s profile and return it."""
         prof = self.baseline.profiles[d]
         rec = {
             "id": _record_id(prof.device_id, ts, kind, item, action, len(prof.history)),
@@ -368,7 +369,7 @@ class Living:
                 if cands is not None:
                     cands.pop((kind, item), None)
                 if self.baseline.absorb_item(d, kind, item):
-                    out.append(self._record(d, ts, kind, item, item, "operator", f"{who}: {reason}"))
+                    out.append(self.record(d, ts, kind, item, item, "operator", f"{who}: {reason}"))
         return out
 
     def revert(self, records: list[dict[str, Any]], ts: float, who: str, reason: str) -> list[dict[str, Any]]:
@@ -382,7 +383,7 @@ class Living:
             kind, item = str(rec["kind"]), str(rec["item"])
             if self.baseline.remove_item(d, kind, item):
                 out.append(
-                    self._record(
+                    self.record(
                         d,
                         ts,
                         kind,

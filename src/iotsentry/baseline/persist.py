@@ -146,6 +146,7 @@ def _profile_doc(p: DeviceProfile) -> dict[str, Any]:
         "active": bool(p.active),
         "groups": list(p.groups),
         "history": list(p.history),
+        "limit_overrides": {k: float(v) for k, v in sorted(p.limit_overrides.items())},
     }
 
 
@@ -576,6 +577,11 @@ def _build(
             raise c.fail(f"{what}.active: expected true or false")
         p.active = active
         p.groups = c.strs(e.get("groups"), f"{what}.groups")
+        overrides = c.obj(e.get("limit_overrides"), f"{what}.limit_overrides")
+        for k, v in overrides.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
+                raise c.fail(f"{what}.limit_overrides.{k}: expected a positive number")
+        p.limit_overrides = {str(k): float(v) for k, v in overrides.items()}
         p.history = [c.obj(h, f"{what}.history") for h in c.lst(e.get("history"), f"{what}.history")]
         for x in p.networks | p.high_networks:
             try:

@@ -97,6 +97,8 @@ class DeviceProfile:
     """What was absorbed after learning (or reverted): ts, kind, item, source, reason."""
     groups: list[str] = field(default_factory=list)
     """Its groups (``type:camera``, ``vendor:...``): what they learned is known to it too."""
+    limit_overrides: dict[str, float] = field(default_factory=dict)
+    """Limits an operator raised by marking an incident expected (feature -> smallest limit)."""
 
     def matrix(self) -> npt.NDArray[np.float64]:
         """Window feature matrix (rows in time order)."""
@@ -144,6 +146,7 @@ class DeviceProfile:
             "learning": not self.active,
             "groups": list(self.groups),
             "history": self.history[-MAX_PEERS_LISTED:],
+            "limit_overrides": dict(self.limit_overrides),
         }
 
     def remote_peers(self) -> int:

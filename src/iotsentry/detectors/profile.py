@@ -460,8 +460,32 @@ class ProfileDetector:
             learned = learned_discovery(prof, self.slow_horizon_s, extrapolate=mature)
             self.slow[i] = self._slow_state(learned, mature)
             self._fitted[i] = True
+            self.apply_overrides(i)
         self.refresh_knowledge(devices)
         return out
+
+    def apply_overrides(self, d: int) -> None:
+        """Raise device ``d``'s limits to those an operator accepted (its profile's
+        ``limit_overrides``: window features, ``slow_scan``, ``slow_brute_force``)."""
+        prof = self.baseline.profiles[d]
+        wm = self.window_models[d]
+        for feat, limit in prof.limit_overrides.items():
+            if feat in F:
+                wm.limits_[F[feat]] = max(float(wm.limits_[F[feat]]), limit)
+            elif feat == "slow_scan":
+                self.slow[d].limit = max(self.slow[d].limit, limit)
+            elif feat == "slow_brute_force":
+                self.slow[d].conn_limit = max(self.slow[d].conn_limit, limit)
+
+    def limit_of(self, d: int, feature: str) -> float | None:
+        """Device ``d``'s current limit of a window feature or cross-window rule (None: none)."""
+        if feature in F:
+            return float(self.window_models[d].limits_[F[feature]])
+        if feature == "slow_scan":
+            return float(self.slow[d].limit)
+        if feature == "slow_brute_force":
+            return float(self.slow[d].conn_limit)
+        return None
 
     def refresh_knowledge(self, devices: list[int] | None = None) -> None:
         """Re-read which kinds of behaviour each device's baseline holds (after absorption).

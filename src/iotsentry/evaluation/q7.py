@@ -46,6 +46,7 @@ from iotsentry.schema import Alert
 
 __all__ = [
     "LEARNING",
+    "RECIPES_Q7",
     "SPLICE_UTC",
     "VICTIMS",
     "BenignRow",
@@ -64,6 +65,8 @@ SNAPLEN = 96
 SPLICE_UTC = "2020-11-24T14:00:00"
 """Day 2, after a day of learning for the devices present from the start."""
 VICTIMS = ("xiaomi_gateway", "aqara_gateway", "ihorn_gateway", "honyar_outlet")
+RECIPES_Q7 = ("D1", "D2", "D3", "D4", "D5")
+"""The Q1 attacks replayed (each onto each victim)."""
 """IoTEnsemble devices present for the whole window (their folders)."""
 
 
@@ -178,7 +181,8 @@ def false_alert_days(res: AnalysisResult) -> dict[str, Any]:
             }
             for a in sorted(alerts, key=lambda a: a.timestamp)
         ],
-        "per_device": {label.get(k, k): v for k, v in sorted(per_device.items())},
+        "per_device": dict(sorted(per_device.items())),
+        "labels": label,
     }
 
 
@@ -328,7 +332,7 @@ def _incident_keys(alerts: Sequence[Alert]) -> list[tuple[str, str, float, int]]
 def run_q7(
     data_dir: Path,
     work_dir: Path,
-    recipes: Sequence[str] = ("D1", "D2", "D3", "D4", "D5"),
+    recipes: Sequence[str] = RECIPES_Q7,
     victims: Sequence[str] = VICTIMS,
     late_learning: Sequence[str] = ("1 day",),
     parity: bool = True,
@@ -404,8 +408,13 @@ def q7_markdown(out: dict[str, Any]) -> str:
             lines.append(
                 f"| {r.capture} | {r.learning} | {a['day']} | {a['device']} | {a['category']} | {reason} |"
             )
-    lines += ["", "Per device (alert-days / device-days), full payload:", ""]
+    lines += ["", "Per device (alert-days / device-days after its own learning end):", ""]
     devs = sorted({d for r in out["benign"] for d in r.figures["per_device"]})
+    names: dict[str, str] = {}
+    for r in out["benign"]:  # the most telling label any run found (headers-only captures hide names)
+        for d, lab in r.figures["labels"].items():
+            if lab != d or d not in names:
+                names[d] = lab
     heads = [f"{r.capture}, {r.learning}" for r in out["benign"]]
     lines.append("| device | " + " | ".join(heads) + " |")
     lines.append("|---|" + "---:|" * len(heads))
@@ -414,7 +423,8 @@ def q7_markdown(out: dict[str, Any]) -> str:
         for r in out["benign"]:
             v = r.figures["per_device"].get(d)
             cells.append(f"{v['alert_days']}/{v['device_days']}" if v else "–")
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        shown = names.get(d, d)
+        lines.append(f"| {shown if shown == d else f'{shown} ({d})'} | " + " | ".join(cells) + " |")
     if out["late"]:
         lines += [
             "",
@@ -440,4 +450,3 @@ def q7_markdown(out: dict[str, Any]) -> str:
             f"{'identical' if p['equal'] else 'DIFFERENT'}.",
         ]
     return "\n".join(lines) + "\n"
-

@@ -35,12 +35,21 @@
 * Canary results are stored per attack class in ``canary_runs`` (served by
   ``GET /integrity/canaries`` and shown on the dashboard).
 * Audit records (when an audit log is configured): ``serve.start``/``serve.stop``, ``model.load``
-  / ``model.refused``, ``baseline.learned``, ``baseline.saved``, ``baseline.restored`` /
-  ``baseline.refused`` / ``baseline.reset`` (see below), ``canary.result``.
-* The baseline learned at the learning end is saved (JSON + npz,
+  / ``model.refused``, ``baseline.learned``, ``baseline.devices_learned``, ``baseline.absorbed``
+  (one per item a living baseline absorbed: what, when, why), ``baseline.expected`` /
+  ``baseline.reverted`` (an operator's verdict applied), ``baseline.saved``,
+  ``baseline.restored`` / ``baseline.refused`` / ``baseline.reset`` (see below),
+  ``canary.result``.
+* Operator feedback: every ``FEEDBACK_INTERVAL_S`` the store's pending feedback rows (an
+  incident marked expected, or taken back; :meth:`~iotsentry.store.base.StoreBase.pending_feedback`)
+  are applied to the living baselines (:meth:`~iotsentry.engine.DetectionEngine.apply_feedback`),
+  marked applied with the history records they produced, audited, and the baseline saved.
+* The living baseline is saved (JSON + npz,
   :mod:`iotsentry.baseline.persist`) as ``baseline/`` in the state folder, atomically, and
-  signed (:func:`~iotsentry.integrity.signing.sign_model_dir`) when a signing key is configured.
-  On start a saved baseline is loaded instead of learning again (``baseline.restored``): with a
+  signed (:func:`~iotsentry.integrity.signing.sign_model_dir`) when a signing key is configured,
+  whenever it changed: the first learning end, later devices' learning ends, absorptions,
+  operator feedback, and at a graceful stop. On start a saved baseline is loaded instead of
+  learning again (``baseline.restored``): with a
   keyring configured only if its signature verifies, else after its SHA-256 digests are checked.
   A saved baseline that does not verify is refused (``baseline.refused`` and a
   ``baseline-integrity`` alert) and the baseline is learned again (``baseline.reset``).
@@ -54,6 +63,7 @@ source position persisted but not scored; a graceful stop scores them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import signal
@@ -90,6 +100,18 @@ KILL_AFTER_COMMITS_ENV = "IOTSENTRY_TEST_KILL_AFTER_COMMITS"
 """Test hook: when set to ``N``, the process kills itself (SIGKILL) right after its ``N``-th store
 commit of a source state, before the sinks see that batch's alerts (tests of exactly-once)."""
 DRIFT_REFERENCE = 4096
+FEEDBACK_INTERVAL_S = 2.0
+"""How often (wall clock) the monitor looks for operators' verdicts to apply to its baselines."""
+
+
+def _records_of(result: str | None) -> list[dict[str, Any]]:
+    """The history records an applied feedback row reported (empty when it reported none)."""
+    try:
+        doc = json.loads(result or "{}")
+    except ValueError:
+        return []
+    recs = doc.get("records") if isinstance(doc, dict) else None
+    return [r for r in recs if isinstance(r, dict)] if isinstance(recs, list) else []
 
 
 class JsonLog:
@@ -233,6 +255,7 @@ class Monitor:
         self._churn = ChangeRateMonitor(site_id=site_id)
         self._canary_next = 0
         self._canary_due = time.monotonic() + canary_interval_s
+        self._feedback_due = 0.0
         hook = os.environ.get(KILL_AFTER_COMMITS_ENV, "").strip()
         self._kill_after_commits = int(hook) if hook else 0
         self._state_commits = 0
@@ -371,6 +394,8 @@ class Monitor:
         alerts = list(out.alerts) + self._integrity(out)
         if out.learned:
             self._learned()
+        elif out.finished or out.absorbed:
+            self._baseline_changed(out)
         is_flow = isinstance(batch, FlowBatch)
         entry = dict(self._state["sources"].get(name) or {})
         entry["packets"] = int(entry.get("packets", 0)) + (0 if is_flow else len(batch))
@@ -404,6 +429,77 @@ class Monitor:
         self.log(
             "info", "baseline.learned", devices=len(baselines), mature=mature, learn_end=self.engine.t_end
         )
+        self._save_baseline()
+
+    def _baseline_changed(self, out: EngineOutput) -> None:
+        """Devices finished learning or behaviour was absorbed: store their profiles, audit the
+        absorptions (what, when, why) and save the living baseline."""
+        changed = set(out.finished) | {str(r["device_id"]) for r in out.absorbed}
+        baselines = self.engine.baselines()
+        for dev_id in sorted(changed):
+            prof = baselines.get(dev_id)
+            if prof is not None:
+                self.store.save_baseline(
+                    dev_id, self.run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"])
+                )
+        if out.finished:
+            self._audit("baseline.devices_learned", "baseline", {"devices": list(out.finished)})
+        for rec in out.absorbed:
+            self._audit("baseline.absorbed", str(rec["device_id"]), dict(rec))
+        if out.absorbed:
+            self.log("info", "baseline.absorbed", items=len(out.absorbed))
+        self._save_baseline()
+
+    def _apply_feedback(self) -> None:
+        """Apply operators' verdicts on incidents (marked expected, or taken back) to the living
+        baselines: each pending feedback row of the store once, audited, then saved."""
+        try:
+            pending = self.store.pending_feedback()
+        except Exception as e:  # the store may be briefly unavailable (PostgreSQL restart)
+            self.log("warning", "feedback.unavailable", error=f"{type(e).__name__}: {e}")
+            return
+        if not pending:
+            return
+        for fb in pending:
+            undo: list[dict[str, Any]] = []
+            if fb.action == "revert":
+                for prior in reversed(self.store.baseline_feedback(fb.incident_id)):
+                    if prior.action == "absorb" and prior.applied_at is not None and prior.id < fb.id:
+                        undo = _records_of(prior.result)
+                        break
+            verdict = "marked expected" if fb.action == "absorb" else "no longer expected"
+            why = f"incident {fb.incident_id} {verdict}"
+            try:
+                recs = self.engine.apply_feedback(
+                    fb.action,
+                    fb.device_id,
+                    fb.scope,
+                    fb.evidence,
+                    who=fb.created_by or "operator",
+                    ts=self.engine.last_ts if math.isfinite(self.engine.last_ts) else time.time(),
+                    reason=why,
+                    undo=undo,
+                )
+            except ValueError as e:
+                self.store.mark_feedback_applied(fb.id, json.dumps({"error": str(e)}))
+                self.log("warning", "feedback.refused", feedback=fb.id, error=str(e))
+                continue
+            self.store.mark_feedback_applied(fb.id, json.dumps({"records": recs}, default=str))
+            event = "baseline.expected" if fb.action == "absorb" else "baseline.reverted"
+            self._audit(
+                event,
+                fb.device_id,
+                {
+                    "feedback": fb.id,
+                    "incident": fb.incident_id,
+                    "scope": fb.scope,
+                    "by": fb.created_by,
+                    "records": recs,
+                },
+            )
+            self.log("info", event, feedback=fb.id, incident=fb.incident_id, items=len(recs))
+        self.engine.learned_snapshot = self.engine.snapshot() if self.engine.snapshot_baseline else None
+        self.engine.baseline_changed = False
         self._save_baseline()
 
     # -- the saved baseline ----------------------------------------------------------------------
@@ -574,6 +670,10 @@ class Monitor:
             self.store.upsert_devices(delta)
 
     def _periodic(self, now: float, last_inventory: float) -> float:
+        if now >= self._feedback_due:
+            self._feedback_due = now + FEEDBACK_INTERVAL_S
+            if not self.engine.learning:
+                self._apply_feedback()
         if self.canary_interval_s > 0 and now >= self._canary_due and not self.engine.learning:
             self._canary_due = now + self.canary_interval_s
             try:
@@ -616,6 +716,8 @@ class Monitor:
         )
         self._commit(self.pending)
         self.pending = []
+        if not self.engine.learning:
+            self._apply_feedback()  # verdicts given while the monitor was down, before new traffic
         reader = threading.Thread(target=self._reader, name="iotsentry-serve-reader", daemon=True)
         reader.start()
         status = "ok"
@@ -654,6 +756,10 @@ class Monitor:
                 self._commit(list(flushed.alerts) + self._integrity(flushed))
                 if flushed.learned:
                     self._learned()
+                elif flushed.finished or flushed.absorbed:
+                    self._baseline_changed(flushed)
+                if not self.engine.learning:
+                    self._apply_feedback()
                 self._save_state()
             self._upsert_devices()
             if self._reader_error is not None:

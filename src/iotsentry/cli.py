@@ -106,12 +106,16 @@ def _check_inputs(paths: Sequence[str]) -> list[Path]:
 def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> AnalysisResult:
     from iotsentry.pipeline import AnalysisConfig, Analyzer
 
-    cfg = AnalysisConfig(learn_seconds=args.learn_seconds, site_id=args.site, type_model=_type_model(args))
+    cfg = AnalysisConfig(
+        learn_seconds=args.learn_seconds,
+        site_id=args.site,
+        type_model=_type_model(args),
+        living=not getattr(args, "static_baseline", False),
+    )
     return Analyzer(_check_inputs(args.inputs), cfg).run(progress=progress)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from iotsentry.alerts.incidents import IncidentBook
     from iotsentry.alerts.jsonl import JsonlSink
     from iotsentry.alerts.sinks import sink_from_uri
     from iotsentry.store import open_store, redact_dsn
@@ -139,9 +143,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     store.upsert_devices(res.devices)
     for dev_id, prof in res.baselines.items():
         store.save_baseline(dev_id, run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"]))
-    book = IncidentBook()
-    _, for_sinks = book.fold_many(res.alerts)  # sets each alert's incident_id
-    incidents = book.incidents()
+    incidents, for_sinks = res.incidents, res.to_sinks  # each alert carries its incident_id
     notices = [a for a in res.alerts if a.event_type == "notice"]
     res.stats.update(incidents=len(incidents), notices=len(notices))
     stored = store.add_alerts(run_id, res.alerts, incidents=incidents)
@@ -740,7 +742,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra alert sink (gets what opens or escalates an incident, and notices): "
         "syslog+udp://h:p, syslog+tcp://h:p, https://...",
     )
-    a.add_argument("--learn-seconds", type=float, default=None, help="learning period (default: first half)")
+    a.add_argument(
+        "--learn-seconds",
+        type=float,
+        default=None,
+        help="each device's learning period from its own first packet (default: half the capture)",
+    )
+    a.add_argument(
+        "--static-baseline",
+        action="store_true",
+        help="freeze each baseline at its learning end (no absorption of persistent behaviour)",
+    )
     a.add_argument("--site", default="default")
     a.add_argument("--type-model", help="device-type model from 'iotsentry train --types'")
     a.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -40,7 +40,7 @@ from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.baseline.identity import device_groups
 from iotsentry.baseline.living import Living, alerted_key, items_of_evidence
 from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings
-from iotsentry.baseline.profile import Baseline, TokenRows
+from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows
 from iotsentry.baseline.visibility import Visibility
 from iotsentry.capture.appfields import extract_app_events
 from iotsentry.detectors.profile import Finding, ProfileDetector
@@ -50,7 +50,7 @@ from iotsentry.features.direction import FlowDirection
 from iotsentry.inventory.devices import DeviceTracker
 from iotsentry.schema import PROTO_NAMES, Alert, AppEvent, Device, PacketBatch
 
-__all__ = ["PEER_MIN_WINDOWS", "DetectionEngine", "EngineOutput", "finding_alert"]
+__all__ = ["PEER_MIN_WINDOWS", "DetectionEngine", "EngineOutput", "finding_alert", "offline_after"]
 
 PEER_MIN_WINDOWS = 5
 """Devices with fewer learned windows are left out of peer grouping."""
@@ -94,6 +94,14 @@ class EngineOutput:
     """Devices whose learning ended during this call."""
     absorbed: list[dict[str, Any]] = field(default_factory=list)
     """History records of behaviour absorbed into baselines during this call."""
+
+
+def offline_after(prof: DeviceProfile) -> float:
+    """Seconds without a packet after which a device whose learning ended is called offline:
+    ``OFFLINE_GAP_FACTOR`` x the longest pause it made while learning, at least ``OFFLINE_MIN_S``."""
+    ts = np.sort(np.asarray(prof.window_ts, dtype=np.float64))
+    gap = float(np.diff(ts).max()) if len(ts) > 1 else 0.0
+    return max(OFFLINE_MIN_S, OFFLINE_GAP_FACTOR * gap)
 
 
 def finding_alert(policy: AlertPolicy, detector: ProfileDetector, f: Finding, device_ip: str) -> Alert | None:
@@ -222,6 +230,9 @@ class DetectionEngine:
         self._events: deque[tuple[int, AppEvent]] = deque()
         """Application events not yet counted for visibility, by stream position."""
         self._ip_of: dict[str, str] = {}
+        self._inventory: list[Device] = []
+        self.app_events = 0
+        """Application events parsed (DHCP, DNS, mDNS, SSDP, HTTP, TLS)."""
         self.detector = ProfileDetector(self.baseline, labels=[], margin=margin, token_text=self._tokens.text)
         self.living: Living | None = Living(self.baseline) if living else None
         if self.living is not None:
@@ -241,6 +252,7 @@ class DetectionEngine:
         self._offline_after = np.zeros(0)
         self._offline: set[int] = set()
         self._groups_done = False
+        self._named_share: dict[int, float] = {}
         self.score_sink: ScoreSink | None = None
         """Called for every processed batch with per-packet scores (0 while a device learns)."""
         self.baseline_changed = False
@@ -269,11 +281,12 @@ class DetectionEngine:
 
     def labels(self) -> list[str]:
         """Human labels of the baseline's devices, in device-number order."""
-        by_id = {d.device_id: d.label for d in self.tracker.devices()}
+        by_id = {d.device_id: d.label for d in self._inventory}
         return [by_id.get(i, i) for i in self.baseline.device_ids]
 
     def _sync_devices(self) -> None:
         devices = self.tracker.devices()
+        self._inventory = devices  # as of the last batch taken: segments of it share it
         self._ip_of = {d.device_id: d.ips[0] for d in devices if d.ips}
         gw = next((d.device_id for d in devices if d.is_gateway), None)
         new = [d.device_id for d in devices if d.device_id not in self._known]
@@ -297,6 +310,7 @@ class DetectionEngine:
         if not len(batch):
             return out
         events = extract_app_events(batch) if batch.raw is not None else []
+        self.app_events += len(events)
         self.tracker.update(batch, events)
         positions = self.packets + np.arange(len(batch), dtype=np.int64)
         self._tokens.add(events, batch.index, self.packets)
@@ -343,8 +357,8 @@ class DetectionEngine:
             self._carry, self._carry_pos = b, pos
             return None, pos[:0]
         if cut < len(b):
-            self._carry, self._carry_pos = b.take(np.arange(cut, len(b))), pos[cut:]
-            return b.take(np.arange(cut)), pos[:cut]
+            self._carry, self._carry_pos = b.rows(cut, len(b)), pos[cut:]
+            return b.rows(0, cut), pos[:cut]
         self._carry, self._carry_pos = None, np.zeros(0, np.int64)
         return b, pos
 
@@ -362,8 +376,7 @@ class DetectionEngine:
         start = 0
         for stop in [*at, len(b)]:
             if stop > start:
-                sel = np.arange(start, stop)
-                self._segment(b.take(sel), _take(ctx, sel), pos[start:stop], out)
+                self._segment(b.rows(start, stop), _rows(ctx, start, stop), pos[start:stop], out)
             start = stop
 
     def _cuts(self, t0: float, t1: float) -> list[float]:
@@ -447,21 +460,16 @@ class DetectionEngine:
         """End the learning of the devices whose period is over at ``now`` (stream time)."""
         due = self.baseline.due(now)
         if due:
-            by_id = {d.device_id: d for d in self.tracker.devices()}
+            by_id = {d.device_id: d for d in self._inventory}
             for i in due:
                 dev = by_id.get(self.baseline.device_ids[i])
                 if dev is not None:
                     self.baseline.set_groups(i, device_groups(dev.device_type, dev.vendor, dev.is_gateway))
-                prof = self.baseline.profiles[i]
                 self.baseline.names_evidence[i] = self._names_evidence(i)
-                gaps = (
-                    np.diff(np.sort(np.asarray(prof.window_ts))) if len(prof.window_ts) > 1 else np.zeros(1)
-                )
-                self._offline_after[i] = max(OFFLINE_MIN_S, OFFLINE_GAP_FACTOR * float(gaps.max(initial=0.0)))
+                self._offline_after[i] = offline_after(self.baseline.profiles[i])
             self.baseline.finish(due)
             self.detector.labels = self.labels()
-            for f in self.detector.fit_devices(due):
-                del f  # queued in the detector; raised with the next findings
+            self.detector.fit_devices(due)  # learning-end findings are raised with the next findings
             out.finished += [self.baseline.device_ids[i] for i in due]
             self.baseline_changed = True
         if not self._groups_done and now >= self.t_end and not self.learning:
@@ -493,14 +501,17 @@ class DetectionEngine:
 
     def _names_evidence(self, i: int) -> bool:
         """A bare-IP peer is evidence for device ``i`` when its DNS answers are observable and
-        its baseline reaches most of its remote peers through names."""
-        prof = self.baseline.profiles[i]
-        return self.visibility.names_evidence(i) and prof.named_share() >= NAMED_SHARE
+        its baseline reaches most of its remote peers through names (the share is fixed at its
+        learning end: its learned peers do not change after it)."""
+        share = self._named_share.get(i)
+        if share is None:
+            share = self._named_share[i] = self.baseline.profiles[i].named_share()
+        return self.visibility.names_evidence(i) and share >= NAMED_SHARE
 
     def _tick(self, now: float, out: EngineOutput) -> None:
         """Hourly work: absorption, groups and visibility refresh, offline notices."""
         assert self.living is not None
-        by_id = {d.device_id: d for d in self.tracker.devices()}
+        by_id = {d.device_id: d for d in self._inventory}
         for i, p in enumerate(self.baseline.profiles):
             if not p.active:
                 continue
@@ -604,9 +615,7 @@ class DetectionEngine:
                 if new > prof.limit_overrides.get(feat, 0.0) and new > limit:
                     prof.limit_overrides[feat] = new
                     recs.append(
-                        living.record(
-                            i, ts, "limit", f"{feat}={new:g}", feat, "operator", f"{who}: {reason}"
-                        )
+                        living.record(i, ts, "limit", f"{feat}={new:g}", feat, "operator", f"{who}: {reason}")
                     )
             self.detector.apply_overrides(i)
         living.alerted.discard(
@@ -692,18 +701,19 @@ class DetectionEngine:
         return out
 
 
-def _take(ctx: PacketContext, rows: npt.NDArray[np.int64]) -> PacketContext:
+def _rows(ctx: PacketContext, start: int, stop: int) -> PacketContext:
+    """Rows ``start:stop`` of a context (views)."""
     return PacketContext(
-        device=ctx.device[rows],
-        outbound=ctx.outbound[rows],
-        peer_hi=ctx.peer_hi[rows],
-        peer_lo=ctx.peer_lo[rows],
-        service=ctx.service[rows],
-        proto=ctx.proto[rows],
-        initiation=ctx.initiation[rows],
-        syn_only=ctx.syn_only[rows],
-        window=ctx.window[rows],
-        certain=ctx.certain[rows] if ctx.certain is not None else None,
+        device=ctx.device[start:stop],
+        outbound=ctx.outbound[start:stop],
+        peer_hi=ctx.peer_hi[start:stop],
+        peer_lo=ctx.peer_lo[start:stop],
+        service=ctx.service[start:stop],
+        proto=ctx.proto[start:stop],
+        initiation=ctx.initiation[start:stop],
+        syn_only=ctx.syn_only[start:stop],
+        window=ctx.window[start:stop],
+        certain=ctx.certain[start:stop] if ctx.certain is not None else None,
     )
 
 

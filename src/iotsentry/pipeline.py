@@ -2,12 +2,15 @@
 
 Two streaming passes, each bounded in memory by the batch size, devices and windows:
 
-1. **inventory**: every packet updates the device tracker; application fields (DHCP, DNS,
-   mDNS, SSDP, HTTP, TLS) are parsed from the few packets that carry them. It gives the
-   capture's span (for a learning period given as a fraction of it) and the inventory.
+1. **span**: the packets' times only -- the capture's first and last packet (for a learning
+   period given as a fraction of it) and whether it is in time order;
 2. **analysis**: the packets go through the :class:`~iotsentry.engine.DetectionEngine` -- the
-   same engine the always-on monitor runs -- where every device learns on its own clock, then
-   is scored and alerted on, with living baselines; per-device timelines are kept.
+   same engine the always-on monitor runs -- which builds the inventory (application fields
+   DHCP, DNS, mDNS, SSDP, HTTP and TLS parsed from the few packets that carry them), lets every
+   device learn on its own clock, then scores and alerts, with living baselines; per-device
+   timelines are kept.
+
+:meth:`Analyzer.inventory` (the ``devices`` command) is a pass of its own: the inventory alone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.alerts.incidents import Incident, IncidentBook
 from iotsentry.baseline.peer_groups import PeerGroups, profile_vectors
 from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
@@ -87,6 +91,10 @@ class AnalysisResult:
     peer_groups: list[dict[str, Any]] = field(default_factory=list)
     absorbed: list[dict[str, Any]] = field(default_factory=list)
     """What the living baselines absorbed after learning (history records)."""
+    incidents: list[Incident] = field(default_factory=list)
+    """The alerts folded into incidents (each alert's ``incident_id`` is set)."""
+    to_sinks: list[Alert] = field(default_factory=list)
+    """What sinks get: the alerts that opened or escalated an incident, and the notices."""
 
 
 def iter_batches(
@@ -158,14 +166,7 @@ class Analyzer:
             self.tracker.update(b, events)
             if events:
                 self.tokens.add(events, b.index, self.packets)
-            if len(b):
-                last = self.last_ts
-                self._time_sorted &= bool(b.ts[0] >= last or last == -math.inf) and bool(
-                    np.all(np.diff(b.ts) >= 0)
-                )
-                self.first_ts = min(self.first_ts, float(b.ts.min()))
-                self.last_ts = max(self.last_ts, float(b.ts.max()))
-            self.packets += len(b)
+            self._note_times(b)
             if progress:
                 progress("inventory", self.packets)
         return self._typed(self.tracker.devices())
@@ -207,10 +208,29 @@ class Analyzer:
         return rows[ok].astype(np.int64), index.of_macs(mac[ok]), h[ok]
 
     # -- pass 2 -------------------------------------------------------------------------------
+    def _span(self, progress: Progress | None = None) -> None:
+        """First and last packet time and whether the input is in time order (a read of the
+        timestamps only: no application fields, no inventory)."""
+        for b in iter_batches(self.paths, self.config.batch_size):
+            self._note_times(b)
+            if progress:
+                progress("span", self.packets)
+
+    def _note_times(self, b: PacketBatch) -> None:
+        """Count a batch of the input: packets, first / last time, whether still in time order."""
+        if len(b):
+            last = self.last_ts
+            self._time_sorted &= bool(b.ts[0] >= last or last == -math.inf) and bool(
+                np.all(np.diff(b.ts) >= 0)
+            )
+            self.first_ts = min(self.first_ts, float(b.ts.min()))
+            self.last_ts = max(self.last_ts, float(b.ts.max()))
+        self.packets += len(b)
+
     def run(self, progress: Progress | None = None, score_sink: ScoreSink | None = None) -> AnalysisResult:
         """Both passes; returns inventory, baselines, alerts and timelines."""
         if self.packets == 0:
-            self.inventory(progress)
+            self._span(progress)
         cfg = self.config
         span = self.last_ts - self.first_ts if math.isfinite(self.first_ts) else 0.0
         secs = cfg.learn_seconds if cfg.learn_seconds is not None else max(0.0, span * cfg.learn_fraction)
@@ -249,6 +269,9 @@ class Analyzer:
         n_flows += len(meter.flush())
         self.engine = engine
         self.baseline = engine.baseline
+        self.tracker = engine.tracker
+        self.tokens.text.update(engine._tokens.text)
+        self.app_events = engine.app_events
         devices = self._typed(engine.devices())
         self.devices = devices
         gw = next((d.device_id for d in devices if d.is_gateway), None)
@@ -268,8 +291,14 @@ class Analyzer:
             "absorbed": len(absorbed),
             "visibility": engine.visibility.site(),
         }
+        alerts = engine.policy.alerts()
+        book = IncidentBook()
+        _, to_sinks = book.fold_many(alerts)
+        incidents = book.incidents()
+        stats["incidents"] = len(incidents)
+        stats["notices"] = engine.policy.notices
         return AnalysisResult(
-            devices, engine.policy.alerts(), engine.baselines(), timelines, stats, groups, absorbed
+            devices, alerts, engine.baselines(), timelines, stats, groups, absorbed, incidents, list(to_sinks)
         )
 
     def _time_ordered(self, batches: Iterator[PacketBatch]) -> Iterator[PacketBatch]:

@@ -263,6 +263,14 @@ class PacketBatch(ColumnBatch):
             raw = np.zeros(0, dtype=np.uint8)
         return PacketBatch(cols, raw=raw, raw_off=new_off)
 
+    def rows(self, start: int, stop: int) -> PacketBatch:
+        """Rows ``start:stop`` as views (no copy of the columns or the raw bytes)."""
+        cols = {k: v[start:stop] for k, v in self.columns.items()}
+        if self.raw is None or self.raw_off is None:
+            return PacketBatch(cols)
+        lo, hi = int(self.raw_off[start]), int(self.raw_off[stop])
+        return PacketBatch(cols, raw=self.raw[lo:hi], raw_off=self.raw_off[start : stop + 1] - lo)
+
     @classmethod
     def concat(cls, batches: list[PacketBatch]) -> PacketBatch:  # type: ignore[override]
         """Concatenate; raw bytes are kept only if every batch has them."""

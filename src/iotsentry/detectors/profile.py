@@ -414,12 +414,10 @@ class ProfileDetector:
             self.baseline.freeze()
         self.window_models, self.mature = [], []
         n = len(self.baseline.profiles)
-        self._learn_windows = np.zeros(0)
-        self._max_packets = np.zeros(0)
-        self._max_new = np.zeros(0)
-        self._trust = np.zeros(0)
-        self._calm_peer = np.ones(0)
-        self._calm_tok = np.ones(0)
+        for name in ("_learn_windows", "_max_packets", "_max_new", "_trust", "_calm_peer", "_calm_tok"):
+            setattr(self, name, np.zeros(0))
+        self.remote_known = np.zeros(0, dtype=bool)
+        self.names_known = np.zeros(0, dtype=bool)
         self.slow, self._slow_pending = [], []
         self._fitted = np.zeros(0, dtype=bool)
         self._ensure_devices(n)
@@ -564,7 +562,7 @@ class ProfileDetector:
             unnamed_ok | ~c2_event,
             known_service,
             tok_judged,
-            idn.known_peer & known_service,
+            (idn.known_peer | idn.churn) & known_service,
         )
         self._new_peer = ~known_peer
         self._new_unnamed = c2_event

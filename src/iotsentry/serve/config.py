@@ -13,7 +13,8 @@ Example::
     settle_s = 5.0                # the newest file counts as closed after this many quiet seconds
 
     [learning]
-    seconds = 3600
+    seconds = 3600          # each device learns this long from its own first packet
+    living = true           # then absorbs what persists unalerted (guarded, audited)
 
     [[sink]]
     uri = "syslog+udp://127.0.0.1:514"
@@ -127,6 +128,10 @@ class ServeConfig:
     store: str
     sources: list[SourceConfig]
     learning_seconds: float = 3600.0
+    """Each device's learning period, from its own first packet."""
+    living: bool = True
+    """Absorb behaviour that persists without alerts after learning (guarded; operators' verdicts
+    on incidents are applied either way)."""
     margin: float = 2.0
     site_id: str = "default"
     sinks: list[SinkConfig] = field(default_factory=list)
@@ -199,7 +204,7 @@ def _int(lo: int, hi: int) -> Check:
 
 _SECTIONS: dict[str, dict[str, Check]] = {
     "store": {"target": _str},
-    "learning": {"seconds": _num(0.0, lo_open=True), "margin": _num(1.0), "site_id": _str},
+    "learning": {"seconds": _num(0.0, lo_open=True), "living": _bool, "margin": _num(1.0), "site_id": _str},
     "api": {"enabled": _bool, "host": _str, "port": _int(0, 65535)},
     "metrics": {"enabled": _bool},
     "canary": {"interval_s": _num(0.0)},
@@ -279,6 +284,7 @@ def parse_config(data: Mapping[str, Any], file: str | Path = "<config>") -> Serv
         store=_store_target(base, sec["store"]["target"]),
         sources=sources,
         learning_seconds=learn.get("seconds", 3600.0),
+        living=learn.get("living", True),
         margin=learn.get("margin", 2.0),
         site_id=learn.get("site_id", "default"),
         sinks=sinks,

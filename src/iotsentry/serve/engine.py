@@ -34,7 +34,7 @@ from iotsentry.baseline.living import Living
 from iotsentry.baseline.profile import Baseline
 from iotsentry.baseline.visibility import Visibility
 from iotsentry.detectors.profile import ProfileDetector
-from iotsentry.engine import MAX_TOKEN_TEXTS, OFFLINE_GAP_FACTOR, OFFLINE_MIN_S, DetectionEngine, EngineOutput
+from iotsentry.engine import MAX_TOKEN_TEXTS, DetectionEngine, EngineOutput, offline_after
 from iotsentry.features.device_context import DeviceIndex
 from iotsentry.schema import PROTO_NAMES, Alert, FlowBatch, PacketBatch, ip_to_str
 
@@ -255,8 +255,7 @@ class StreamEngine(DetectionEngine):
         self._offline_after = np.full(n, np.inf)
         for i, p in enumerate(baseline.profiles):
             if p.active:
-                gaps = np.diff(np.sort(np.asarray(p.window_ts))) if len(p.window_ts) > 1 else np.zeros(1)
-                self._offline_after[i] = max(OFFLINE_MIN_S, OFFLINE_GAP_FACTOR * float(gaps.max(initial=0.0)))
+                self._offline_after[i] = offline_after(p)
         self.restored = True
         self._resume_pending = True
 

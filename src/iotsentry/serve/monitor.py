@@ -827,7 +827,9 @@ def build_monitor(
                     extra={"model_dir": str(cfg.model_dir)},
                 )
             )
-    engine = StreamEngine(cfg.learning_seconds, site_id=cfg.site_id, margin=cfg.margin, flow_model=flow_model)
+    engine = StreamEngine(
+        cfg.learning_seconds, site_id=cfg.site_id, margin=cfg.margin, flow_model=flow_model, living=cfg.living
+    )
     keyring = cfg.state_keyring or cfg.model_keyring
     sources = {s.name: make_source(s) for s in cfg.sources}
     sinks = [sink_from_uri(s.uri) for s in cfg.sinks] + list(extra_sinks or [])

@@ -99,3 +99,34 @@ def test_device_identity_survives_an_ip_change() -> None:
     assert d.ips[0] == "192.168.1.77" and "192.168.1.20" in d.ips  # newest binding first
     assert devs["00:11:22:33:44:aa"].is_gateway
     assert d.packets == 3
+
+
+def test_the_inventory_of_a_capture_without_link_layer_can_be_asked_for_again() -> None:
+    """Raw-IP captures have devices known by IP only; the monitor asks the tracker for the
+    inventory after every batch (once this raised: an IP-only device id taken for a MAC)."""
+    import numpy as np
+
+    from iotsentry.schema import PacketBatch, ip_from_str
+
+    hi, lo = ip_from_str("10.0.0.5")
+    dhi, dlo = ip_from_str("10.0.0.9")
+    b = PacketBatch(
+        {
+            "index": np.arange(2),
+            "ts": np.array([0.0, 1.0]),
+            "src_ip_hi": np.array([hi, dhi], np.uint64),
+            "src_ip_lo": np.array([lo, dlo], np.uint64),
+            "dst_ip_hi": np.array([dhi, hi], np.uint64),
+            "dst_ip_lo": np.array([dlo, lo], np.uint64),
+            "ip_version": np.full(2, 4),
+            "ethertype": np.full(2, 0x0800),
+            "wire_len": np.full(2, 60),
+            "proto": np.full(2, 6),
+        }
+    )
+    t = DeviceTracker()
+    t.update(b)
+    first = [d.device_id for d in t.devices()]
+    t.update(b)
+    assert [d.device_id for d in t.devices()] == first
+    assert first and all(d.startswith("ip:") for d in first)

@@ -226,7 +226,8 @@ class DeviceTracker:
         if gw is not None:
             out.add(gw)
         for key in self._devices:
-            out.add(mac_from_str(key))
+            if not key.startswith("ip:"):  # devices known by IP only (no link layer) have no MAC
+                out.add(mac_from_str(key))
         return out
 
     def devices(self) -> list[Device]:

@@ -52,6 +52,11 @@ def _write(tmp_path: Path, **overrides: Any) -> str:
             type_confidence=0.9,
             packets=100,
             bytes=10_000,
+            visibility={
+                "dns_names": "truncated",
+                "payload": "cut to 96 bytes in 100 % of frames",
+                "names_evidence": False,
+            },
         ),
         Device(
             device_id="aa:bb:cc:dd:ee:02", ips=["10.0.0.6"], names=[EVIL], vendor='"><img src=x onerror=1>'
@@ -90,6 +95,9 @@ def test_report_contains_devices_and_escaped_reasons(tmp_path: Path) -> None:
         assert html.escape(a.reason) in page
     assert "Acme &amp; Sons" in page
     assert "0.93 (mature)" in page
+    # what the sensor sees of each device
+    assert "DNS names truncated; payload cut to 96 bytes in 100 % of frames" in page
+    assert "&quot;no DNS name&quot; is no evidence here" in page
     # two devices with alerts are highlighted (ip:10.0.0.77 has no inventory row)
     assert page.count('<tr class="flagged">') == 2
 

@@ -198,6 +198,20 @@ def _run_table(run_info: Mapping[str, Any]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
+def visibility_text(v: Mapping[str, Any] | None) -> str:
+    """One line of what the sensor sees of a device: DNS answers, payload, direction, VLAN."""
+    if not v:
+        return "-"
+    parts = [f"DNS names {v.get('dns_names', '?')}", f"payload {v.get('payload', '?')}"]
+    if v.get("direction") and v["direction"] != "both":
+        parts.append(str(v["direction"]))
+    if v.get("vlan_tagged"):
+        parts.append("VLAN-tagged")
+    if v.get("names_evidence") is False:
+        parts.append('"no DNS name" is no evidence here')
+    return "; ".join(parts)
+
+
 def _device_table(
     devices: Sequence[Device],
     baselines: Mapping[str, Mapping[str, Any]],
@@ -205,7 +219,8 @@ def _device_table(
 ) -> str:
     head = (
         "<tr><th>Device</th><th>MAC</th><th>IP(s)</th><th>Vendor</th><th>Names</th><th>Type</th>"
-        "<th>Maturity</th><th>Alerts</th><th>Worst</th><th>Packets</th><th>Bytes</th></tr>"
+        "<th>Maturity</th><th>Sensor sees</th><th>Alerts</th><th>Worst</th><th>Packets</th>"
+        "<th>Bytes</th></tr>"
     )
     ordered = sorted(devices, key=lambda d: (-len(per_device.get(d.device_id, [])), d.device_id))
     rows: list[str] = []
@@ -236,6 +251,7 @@ def _device_table(
             f"<tr{cls}><td>{_e(d.device_id)}{_e(flags)}</td>"
             f"<td>{_e(d.mac or '')}</td><td>{_e(', '.join(d.ips))}</td><td>{_e(d.vendor or '')}</td>"
             f"<td>{_e(', '.join(d.names))}</td><td>{_e(kind)}</td><td>{_e(maturity)}</td>"
+            f"<td>{_e(visibility_text(d.visibility))}</td>"
             f'<td class="num">{len(mine)}</td>{worst_cell}<td class="num">{int(d.packets)}</td>'
             f'<td class="num">{int(d.bytes)}</td></tr>'
         )

@@ -21,8 +21,9 @@ Late infections
     the splice.
 
 Monitor parity
-    The full capture is also cut into hourly files and fed through the monitor's streaming
-    engine; its incidents must equal the batch analysis's.
+    The full capture is also cut into hourly files that appear in the pcap directory of a real
+    ``iotsentry serve`` monitor (SQLite store); the incidents it stores must equal the batch
+    analysis's.
 """
 
 from __future__ import annotations
@@ -307,20 +308,64 @@ def late_infection(
 
 
 # -- monitor parity -------------------------------------------------------------------------------
-def monitor_incidents(files: Sequence[Path], learn_seconds: float) -> list[tuple[str, str, float, int]]:
-    """Incidents of the monitor's streaming engine fed the files one by one (device, cause,
-    first seen, alerts)."""
-    from iotsentry.capture.appfields import keep_raw_for_app_fields
-    from iotsentry.capture.reader import read_packets
-    from iotsentry.serve.engine import StreamEngine
+def monitor_incidents(
+    files: Sequence[Path], learn_seconds: float, work: Path
+) -> list[tuple[str, str, float, int]]:
+    """Incidents ``iotsentry serve`` stores when the files appear in its pcap directory (device,
+    cause, first seen, alerts): the real monitor, with a SQLite store and a state folder."""
+    import shutil
 
-    eng = StreamEngine(learn_seconds)
-    alerts: list[Alert] = []
+    from iotsentry.serve.config import load_config
+    from iotsentry.serve.monitor import JsonLog, build_monitor
+    from iotsentry.store import open_store
+
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "pcaps").mkdir(parents=True)
+    cfg = work / "serve.toml"
+    cfg.write_text(
+        f"""
+[store]
+target = "{work / "store.db"}"
+
+[[source]]
+kind = "pcap-dir"
+name = "lan"
+path = "{work / "pcaps"}"
+pattern = "*.pcap"
+settle_s = 0.0
+
+[learning]
+seconds = {learn_seconds}
+
+[state]
+dir = "{work / "state"}"
+
+[api]
+enabled = false
+
+[metrics]
+enabled = false
+"""
+    )
     for f in files:
-        for b in read_packets(f, batch_size=250_000, with_raw=keep_raw_for_app_fields):
-            alerts += eng.ingest(b).alerts
-    alerts += eng.flush().alerts
-    return _incident_keys(alerts)
+        shutil.copy(f, work / "pcaps" / f.name)
+
+    class _Quiet:
+        def write(self, s: str) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+    mon = build_monitor(load_config(cfg), log=JsonLog(_Quiet()))  # type: ignore[arg-type]
+    try:
+        mon.run(handle_signals=False, idle_exit_s=2.0)
+    finally:
+        mon.close()
+    with open_store(work / "store.db") as store:
+        items, _ = store.query_incidents(limit=100_000)
+    return sorted((i.device_id, i.cause, round(i.first_ts, 6), i.count) for i in items)
 
 
 def _incident_keys(alerts: Sequence[Alert]) -> list[tuple[str, str, float, int]]:
@@ -362,9 +407,30 @@ def run_q7(
         files = hourly_files(merged, work_dir / "hourly")
         for lname, secs in LEARNING.items():
             batch = _incident_keys(results[("full payload", lname)].alerts)
-            mon = monitor_incidents(files, secs)
+            mon = monitor_incidents(files, secs, work_dir / f"serve-{int(secs)}")
             out.setdefault("parity", []).append(
-                {"learning": lname, "batch": batch, "monitor": mon, "equal": batch == mon}
+                {
+                    "capture": merged.name,
+                    "learning": lname,
+                    "batch": batch,
+                    "monitor": mon,
+                    "equal": batch == mon,
+                }
+            )
+        # and with an infection in it, so that there are incidents to compare
+        infected = work_dir / f"q7-D2-{victims[0]}.pcap"
+        if infected.exists():
+            files = hourly_files(infected, work_dir / "hourly-infected")
+            batch = _incident_keys(analyze(infected, LEARNING["1 h"]).alerts)
+            mon = monitor_incidents(files, LEARNING["1 h"], work_dir / "serve-infected")
+            out["parity"].append(
+                {
+                    "capture": infected.name,
+                    "learning": "1 h",
+                    "batch": batch,
+                    "monitor": mon,
+                    "equal": batch == mon,
+                }
             )
     return out
 
@@ -442,11 +508,19 @@ def q7_markdown(out: dict[str, Any]) -> str:
                 f"{x.auc:.4f} | {x.tpr_at_0_1pct:.4f} | {lat} | {x.victim_alerted} | "
                 f"{', '.join(x.others_alerted) or 'none'} | {x.first_reason.replace('|', '/')[:160]} |"
             )
-    for p in out.get("parity", []):
+    if out.get("parity"):
         lines += [
             "",
-            f"Monitor parity ({p['learning']} learning, hourly files through the streaming engine): "
-            f"{len(p['batch'])} incidents in the batch analysis, {len(p['monitor'])} in the monitor, "
-            f"{'identical' if p['equal'] else 'DIFFERENT'}.",
+            "Monitor parity: `iotsentry analyze` of a capture vs `iotsentry serve` reading the same "
+            "capture as hourly files from its pcap directory (incidents compared by device, cause, "
+            "first seen, count):",
+            "",
+            "| capture | learning | incidents (analyze) | incidents (serve) | same |",
+            "|---|---|---:|---:|---|",
         ]
+        for p in out["parity"]:
+            lines.append(
+                f"| {p['capture']} | {p['learning']} | {len(p['batch'])} | {len(p['monitor'])} | "
+                f"{'yes' if p['equal'] else '**no**'} |"
+            )
     return "\n".join(lines) + "\n"

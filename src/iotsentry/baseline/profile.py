@@ -231,6 +231,8 @@ class Baseline:
         self._key_label: dict[int, tuple[int, str, str]] = {}
         """Learned key -> (device, "peer" | "service", address or service label)."""
         self._bare_peers: dict[int, dict[str, set[str]]] = {}
+        self._owners: npt.NDArray[np.uint64] | None = None
+        """Cache of :meth:`group_owners` (dropped when a device's groups change)."""
         """With the drift guard, while learning: device -> bare-IP service -> the peers on it."""
         self.names_evidence = np.ones(len(self.device_ids), dtype=bool)
         """Per device: a bare-IP peer is evidence (the device's DNS answers are observable and it
@@ -321,6 +323,7 @@ class Baseline:
         p = self.profiles[device]
         new = [g for g in groups if g not in p.groups]
         p.groups = list(groups)
+        self._owners = None
         if new and p.active:
             self._share(device, only=new)
 
@@ -355,11 +358,13 @@ class Baseline:
 
     def group_owners(self) -> npt.NDArray[np.uint64]:
         """(devices, 2) owner numbers of each device's first two groups (0 = none)."""
-        out = np.zeros((len(self.profiles), 2), dtype=np.uint64)
-        for i, p in enumerate(self.profiles):
-            for j, g in enumerate(p.groups[:2]):
-                out[i, j] = ident.group_owner(g)
-        return out
+        if self._owners is None or len(self._owners) != len(self.profiles):
+            out = np.zeros((len(self.profiles), 2), dtype=np.uint64)
+            for i, p in enumerate(self.profiles):
+                for j, g in enumerate(p.groups[:2]):
+                    out[i, j] = ident.group_owner(g)
+            self._owners = out
+        return self._owners
 
     # -- lookups -----------------------------------------------------------------------------
     def _tables(self) -> tuple[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]], ...]:

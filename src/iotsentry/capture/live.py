@@ -8,7 +8,9 @@ Frames are received with ``recvmsg_into`` straight into a numpy buffer (``MSG_TR
 the wire length of frames cut by the snap length) and decoded by the same
 :class:`~iotsentry.capture.decode.BatchBuilder` as the capture-file readers. Timestamps
 come from the kernel (``SO_TIMESTAMPNS``); ``time.time()`` is used when the kernel gives
-none. The link type of each frame follows the interface's hardware type (Ethernet and
+none. The kernel stamps sent and received frames at different points, so a frame can come
+stamped slightly before one already read: such a stamp is raised to its predecessor's, so the
+stream stays in time order (the per-device windows downstream expect it). The link type of each frame follows the interface's hardware type (Ethernet and
 loopback: Ethernet framing; ``ARPHRD_NONE`` tunnels: raw IP). Both directions are seen
 (outgoing frames too). ``index`` counts frames since the capture was opened.
 """
@@ -112,6 +114,7 @@ class LiveCapture:
         self._used = 0
         self._k = 0
         self._next_index = 0
+        self._last_ts = 0.0
         self._builder: BatchBuilder | None = None
         self._parts: list[PacketBatch] = []
         self._anc = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -146,7 +149,11 @@ class LiveCapture:
             blk.data_off[k] = self._used
             blk.cap_len[k] = min(nbytes, self.snaplen)
             blk.wire_len[k] = nbytes
-            blk.ts[k] = time.time() if ts is None else ts
+            # the kernel stamps sent and received frames at different points, so a frame can
+            # arrive stamped a little before the one already read: keep the stream in time order
+            t = time.time() if ts is None else ts
+            self._last_ts = t = max(t, self._last_ts)
+            blk.ts[k] = t
             blk.link[k] = link
             self._used += int(blk.cap_len[k])
             self._k += 1

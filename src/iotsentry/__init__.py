@@ -35,6 +35,9 @@ _LAZY: dict[str, str] = {
     "Store": "iotsentry.store.sqlite",
     "Analyzer": "iotsentry.pipeline",
     "AnalysisConfig": "iotsentry.pipeline",
+    "DetectionEngine": "iotsentry.engine",
+    "Incident": "iotsentry.alerts.incidents",
+    "IncidentBook": "iotsentry.alerts.incidents",
 }
 
 __all__ = [

@@ -94,7 +94,7 @@ class Metrics:
             family(
                 "iotsentry_alerts_stored_total",
                 "counter",
-                "Alerts committed to the store per severity (1 high, 2 medium, 3 low).",
+                "Alerts committed to the store per severity (1 high, 2 medium, 3 low, 4 info: notices).",
                 [(f'{{severity="{s}"}}', n) for s, n in sorted(self.alerts_stored.items())],
             )
             family(

@@ -49,7 +49,9 @@ def test_full_payload_bare_ip_is_evidence_only_for_the_device_that_names_its_pee
 
 
 def test_headers_only_capture_makes_no_name_evidence(tmp_path: Path) -> None:
-    vis, alerts = _analyse(write(tmp_path / "cut.pcap", _week().rows, snaplen=96))
+    lan = _week()
+    lan.dns(T0 + 5.0, NAMER, "a.io", "203.0.113.77", others=0)  # short enough to fit in 96 bytes
+    vis, alerts = _analyse(write(tmp_path / "cut.pcap", lan.rows, snaplen=96))
     assert vis[NAMER_MAC]["dns_names"] == "truncated" and vis[NAMER_MAC]["names_evidence"] is False
     assert vis[NAMER_MAC]["payload"].startswith("cut to 96 bytes")
     assert alerts == []  # every peer looks bare: that is no evidence

@@ -22,10 +22,13 @@ from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import PacketContext
 from iotsentry.schema import AppEvent, PacketBatch
 
-__all__ = ["MIN_ANSWERS", "Visibility"]
+__all__ = ["MAX_CUT_SHARE", "MIN_ANSWERS", "Visibility"]
 
 MIN_ANSWERS = 1
 """DNS responses with readable answers a device must have received for names to be observable."""
+MAX_CUT_SHARE = 0.1
+"""Largest share of a device's DNS responses cut by the snap length for its names to count as
+observable (a short answer fits in 96 bytes; most do not, and their addresses stay unnamed)."""
 ONE_WAY_MIN = 200
 """Remote packets of a device before a one-sided split is called asymmetric capture."""
 
@@ -33,6 +36,7 @@ _COLS = (
     "packets",
     "truncated",
     "dns_responses",
+    "dns_cut",
     "dns_answers",
     "dns_queries",
     "app_events",
@@ -76,7 +80,9 @@ class Visibility:
         add("packets")
         add("truncated", (batch.cap_len < batch.wire_len)[ok])
         add("vlan", (batch.vlan != 0)[ok])
-        add("dns_responses", ((batch.proto == 17) & (batch.src_port == 53) & ~ctx.outbound)[ok])
+        dns_in = (batch.proto == 17) & (batch.src_port == 53) & ~ctx.outbound
+        add("dns_responses", dns_in[ok])
+        add("dns_cut", (dns_in & (batch.cap_len < batch.wire_len))[ok])
         remote = ~is_local(ctx.peer_hi, ctx.peer_lo) & ~is_multicast(ctx.peer_hi, ctx.peer_lo)
         remote = (remote & (batch.ip_version > 0))[ok]
         out = ctx.outbound[ok]
@@ -109,9 +115,12 @@ class Visibility:
         return int(self.counts[d, self._col[col]]) if d < len(self.counts) else 0
 
     def dns_names(self, d: int) -> str:
-        """``observed`` (readable DNS answers reach the device), ``truncated`` (responses seen,
-        answers cut by the snap length or unreadable), ``not seen`` (no DNS response seen)."""
-        if self._get(d, "dns_answers") >= MIN_ANSWERS:
+        """``observed`` (readable DNS answers reach the device, and at most ``MAX_CUT_SHARE`` of
+        its responses were cut by the snap length), ``truncated`` (responses seen, answers cut or
+        unreadable), ``not seen`` (no DNS response seen)."""
+        responses = self._get(d, "dns_responses")
+        cut = self._get(d, "dns_cut")
+        if self._get(d, "dns_answers") >= MIN_ANSWERS and cut <= MAX_CUT_SHARE * responses:
             return "observed"
         if self._get(d, "dns_responses") > 0:
             return "truncated"

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.baseline.keysets import CountTable
 from iotsentry.baseline.periodicity import Schedule
 from iotsentry.baseline.profile import Baseline, DeviceProfile
 from iotsentry.errors import InputError
@@ -604,9 +605,10 @@ def _build(
     # lookup tables (the dictionaries they are built from)
     pk, pc = arrays["peer_keys"], arrays["peer_counts"]
     sk, sc = arrays["service_keys"], arrays["service_counts"]
-    b._peer_win = dict(zip(pk.tolist(), (int(x) for x in pc.tolist()), strict=True))
-    b._svc_win = dict(zip(sk.tolist(), (int(x) for x in sc.tolist()), strict=True))
+    b._peer_win = CountTable(dict(zip(pk.tolist(), (int(x) for x in pc.tolist()), strict=True)))
+    b._svc_win = CountTable(dict(zip(sk.tolist(), (int(x) for x in sc.tolist()), strict=True)))
     b.rebuild_identity()
+    b.reset_clocks()
     names: defaultdict[int, set[str]] = defaultdict(set)
     for raw in c.lst(doc.get("learned_names"), "learned_names"):
         if not isinstance(raw, list) or len(raw) != 2:

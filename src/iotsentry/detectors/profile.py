@@ -363,6 +363,10 @@ class ProfileDetector:
         self.window_models: list[WindowProfileDetector] = []
         self.mature: list[bool] = []
         self._learn_windows = np.zeros(0)
+        self._limits = np.zeros((0, len(F)))
+        """Per device: its window model's limits (one row each, kept in step with the models)."""
+        self._slow_limit = np.zeros(0)
+        """Per device: its slow-scan limit."""
         self._max_packets = np.zeros(0)
         self._max_new = np.zeros(0)
         self._trust = np.zeros(0)
@@ -416,6 +420,7 @@ class ProfileDetector:
         n = len(self.baseline.profiles)
         for name in ("_learn_windows", "_max_packets", "_max_new", "_trust", "_calm_peer", "_calm_tok"):
             setattr(self, name, np.zeros(0))
+        self._limits, self._slow_limit = np.zeros((0, len(F))), np.zeros(0)
         self.remote_known = np.zeros(0, dtype=bool)
         self.names_known = np.zeros(0, dtype=bool)
         self.slow, self._slow_pending = [], []
@@ -474,6 +479,8 @@ class ProfileDetector:
                 self.slow[d].limit = max(self.slow[d].limit, limit)
             elif feat == "slow_brute_force":
                 self.slow[d].conn_limit = max(self.slow[d].conn_limit, limit)
+        self._limits[d] = wm.limits_
+        self._slow_limit[d] = self.slow[d].limit
 
     def limit_of(self, d: int, feature: str) -> float | None:
         """Device ``d``'s current limit of a window feature or cross-window rule (None: none)."""
@@ -502,11 +509,16 @@ class ProfileDetector:
         k = n - len(self.window_models)
         if k <= 0:
             return
+        template = WindowProfileDetector(mature=False).fit(np.zeros((0, len(F))))
         for _ in range(k):
-            self.window_models.append(WindowProfileDetector(mature=False).fit(np.zeros((0, len(F)))))
+            wm = WindowProfileDetector(mature=False)
+            wm.limits_, wm.capped_ = template.limits_.copy(), []
+            self.window_models.append(wm)
             self.mature.append(False)
             self.slow.append(self._slow_state(0.0, False))
         self._learn_windows = np.append(self._learn_windows, np.zeros(k))
+        self._limits = np.vstack([self._limits, np.stack([m.limits_ for m in self.window_models[-k:]])])
+        self._slow_limit = np.append(self._slow_limit, [x.limit for x in self.slow[-k:]])
         self._max_packets = np.append(self._max_packets, np.zeros(k))
         self._max_new = np.append(self._max_new, np.zeros(k))
         self._trust = np.append(self._trust, np.zeros(k))
@@ -572,10 +584,7 @@ class ProfileDetector:
         self._new_service = ~known_service
         self._starts = connection_starts(batch.ts, ctx, valid)
         self._starts_known = known_peer[self._starts[1]]
-        wscores = np.zeros(len(table))
-        for d in np.unique(table.device).tolist():
-            rows = table.device == d
-            wscores[rows] = self.window_models[d].score_samples(table.X[rows])
+        wscores = (table.X / self._limits[table.device]).max(axis=1) if len(table) else np.zeros(0)
         # per-packet score: novelty of the peer and service for this device, plus the
         # device-window context (fan-out of new peers, rate against the learned maximum)
         dev = np.maximum(ctx.device, 0)
@@ -607,12 +616,11 @@ class ProfileDetector:
         s_shape = np.zeros(n)
         if table.shape is not None and len(table):
             shape_cols = [F["max_ports_per_peer"], F["max_peers_per_port"], F["max_conns_per_target"]]
-            per_device = np.stack([m.limits_[shape_cols] for m in self.window_models])
-            ratios = table.shape / per_device[dev]
+            ratios = table.shape / self._limits[dev][:, shape_cols]
             s_shape = _squash(ratios.max(axis=1))
         # the packet's part in a slow scan: new targets of its device on the same peer or port
         self._slow_count = self._slow_update(batch, ctx, valid)
-        slow_limit = np.array([x.limit for x in self.slow]) if self.slow else np.full(1, SLOW_FLOOR_IMMATURE)
+        slow_limit = self._slow_limit if len(self._slow_limit) else np.full(1, SLOW_FLOOR_IMMATURE)
         slow_ratio = self._slow_count / slow_limit[np.minimum(dev, len(slow_limit) - 1)]
         # ... and a step once that part alone is beyond the device's limit (a paced scan's
         # probes look like any other new port; only their number gives them away)

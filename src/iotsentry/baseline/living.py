@@ -110,11 +110,24 @@ class Living:
         """Identity keys of behaviour that was part of an alert (blocked candidates): a packet
         that continues it is stronger evidence (see :func:`alerted_key`)."""
         self.last_tick = -np.inf
+        self._dirty: set[int] = set()
+        """Devices whose candidates changed since the last tick (the only ones that can become
+        ready: readiness depends on a candidate's own sightings) ..."""
+        self._deferred: set[int] = set()
+        """... devices whose ready candidates waited for the next day's allowance ..."""
+        self._young: dict[int, frozenset[str]] = {}
+        """... and devices whose young kinds changed (as passed to the last tick)."""
+        self._rank: dict[int, int] = {}
+        """Device -> order in which it first had a candidate (the order ticks handle devices)."""
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, device: int, kind: str, item: str, label: str, ts: float, remote: bool = True) -> None:
         """Record one sighting of a novelty of an active device."""
-        cands = self.candidates.setdefault(device, OrderedDict())
+        cands = self.candidates.get(device)
+        if cands is None:
+            cands = self.candidates[device] = OrderedDict()
+            self._rank.setdefault(device, len(self._rank))
+        self._dirty.add(device)
         key = (kind, item)
         c = cands.get(key)
         if c is None:
@@ -277,9 +290,18 @@ class Living:
         out: list[dict[str, Any]] = []
         day = int(now // 86400.0)
         young = young or {}
-        for d, cands in self.candidates.items():
+        # only devices whose candidates or young kinds changed, or that waited for the allowance
+        check = self._dirty | self._deferred
+        check.update(d for d, k in young.items() if self._young.get(d) != k)
+        self._young = dict(young)
+        self._dirty, self._deferred = set(), set()
+        for d in sorted(check, key=lambda x: self._rank.get(x, -1)):
+            cands = self.candidates.get(d)
+            if not cands:
+                continue
             prof = self.baseline.profiles[d]
             if not prof.active:
+                self._dirty.add(d)
                 continue
             kinds = young.get(d, frozenset())
             learning = [
@@ -307,6 +329,7 @@ class Living:
             for c in sorted(ready, key=lambda c: c.first_ts):
                 used = self._absorbed_on.get((d, day), 0)
                 if used >= self.per_day:
+                    self._deferred.add(d)
                     break
                 del cands[(c.kind, c.item)]
                 if not self.baseline.absorb_item(d, c.kind, c.item):

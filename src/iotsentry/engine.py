@@ -230,6 +230,8 @@ class DetectionEngine:
         self._events: deque[tuple[int, AppEvent]] = deque()
         """Application events not yet counted for visibility, by stream position."""
         self._ip_of: dict[str, str] = {}
+        self._by_id: dict[str, Device] = {}
+        self._of_mac: dict[int, int] = {}
         self._inventory: list[Device] = []
         self.app_events = 0
         """Application events parsed (DHCP, DNS, mDNS, SSDP, HTTP, TLS)."""
@@ -250,9 +252,16 @@ class DetectionEngine:
         self._known: set[str] = set()
         self._last_seen = np.zeros(0)
         self._offline_after = np.zeros(0)
-        self._offline: set[int] = set()
+        self._offline = np.zeros(0, dtype=bool)
+        """Per device: an offline notice was raised and no packet came since."""
         self._groups_done = False
-        self._named_share: dict[int, float] = {}
+        self._named_share = np.zeros(0)
+        """Per device: share of its learned remote peers it reached by name (NaN: not yet read)."""
+        self._number: dict[str, int] = {}
+        """Device id -> device number."""
+        self._type_sig: dict[str, tuple[str | None, str | None, bool]] = {}
+        self._type_changed: set[str] = set()
+        """Devices whose type, vendor or gateway role changed since the last hourly refresh."""
         self.score_sink: ScoreSink | None = None
         """Called for every processed batch with per-packet scores (0 while a device learns)."""
         self.baseline_changed = False
@@ -262,7 +271,7 @@ class DetectionEngine:
     @property
     def learning(self) -> bool:
         """Whether no device's learning has ended yet."""
-        return not any(p.active for p in self.baseline.profiles)
+        return not self.baseline.clocks()[2].any()
 
     @property
     def carried(self) -> int:
@@ -281,27 +290,48 @@ class DetectionEngine:
 
     def labels(self) -> list[str]:
         """Human labels of the baseline's devices, in device-number order."""
-        by_id = {d.device_id: d.label for d in self._inventory}
-        return [by_id.get(i, i) for i in self.baseline.device_ids]
+        by_id = self._by_id
+        return [by_id[i].label if i in by_id else i for i in self.baseline.device_ids]
 
     def _sync_devices(self) -> None:
         devices = self.tracker.devices()
         self._inventory = devices  # as of the last batch taken: segments of it share it
+        self._by_id = {d.device_id: d for d in devices}
         self._ip_of = {d.device_id: d.ips[0] for d in devices if d.ips}
+        sig = self._type_sig
+        for d in devices:
+            t = (d.device_type, d.vendor, d.is_gateway)
+            if sig.get(d.device_id) != t:
+                sig[d.device_id] = t
+                self._type_changed.add(d.device_id)
         gw = next((d.device_id for d in devices if d.is_gateway), None)
         new = [d.device_id for d in devices if d.device_id not in self._known]
         if not new and gw == self._gateway:
+            self.detector.labels = self.labels()
             return
         for dev_id in new:
             self.baseline.add_device(dev_id)
             self._known.add(dev_id)
-        k = len(self.baseline.device_ids) - len(self._last_seen)
+        self._grow()
+        self._gateway = gw
+        self.index = DeviceIndex(list(self.baseline.device_ids), gw)
+        macs, numbers = self.index._macs.tolist(), self.index._mac_idx.tolist()
+        self._of_mac = {int(m): int(i) for m, i in zip(macs, numbers, strict=True)}
+        self.detector.labels = self.labels()
+
+    def _grow(self) -> None:
+        """Per-device arrays sized to the baseline's devices."""
+        n = len(self.baseline.device_ids)
+        k = n - len(self._last_seen)
         if k > 0:
             self._last_seen = np.append(self._last_seen, np.full(k, -np.inf))
             self._offline_after = np.append(self._offline_after, np.full(k, np.inf))
-        self._gateway = gw
-        self.index = DeviceIndex(list(self.baseline.device_ids), gw)
-        self.detector.labels = self.labels()
+        if n > len(self._offline):
+            self._offline = np.append(self._offline, np.zeros(n - len(self._offline), dtype=bool))
+        if n > len(self._named_share):
+            self._named_share = np.append(self._named_share, np.full(n - len(self._named_share), np.nan))
+        for i in range(len(self._number), n):
+            self._number[self.baseline.device_ids[i]] = i
 
     # -- input -------------------------------------------------------------------------------
     def ingest(self, batch: PacketBatch) -> EngineOutput:
@@ -381,7 +411,9 @@ class DetectionEngine:
 
     def _cuts(self, t0: float, t1: float) -> list[float]:
         """Times in ``(t0, t1]`` where the engine's state changes: learning ends, clock hours."""
-        cuts = {p.learn_end for p in self.baseline.profiles if not p.active and t0 < p.learn_end <= t1}
+        _, ends, active = self.baseline.clocks()
+        pending = ends[~active]
+        cuts = set(pending[(pending > t0) & (pending <= t1)].tolist())
         if t0 < self.t_end <= t1:
             cuts.add(self.t_end)
         if self.living is not None:
@@ -414,7 +446,7 @@ class DetectionEngine:
                 name_ts=name_ts,
             )
         dev = np.maximum(ctx.device, 0)
-        active = np.array([p.active for p in self.baseline.profiles], dtype=bool)
+        active = self.baseline.clocks()[2]
         detect = (ctx.device >= 0) & active[dev] if len(active) else np.zeros(len(b), dtype=bool)
         scores = np.zeros(len(b))
         if detect.any():
@@ -428,7 +460,7 @@ class DetectionEngine:
         seen = ctx.device >= 0
         if seen.any():
             np.maximum.at(self._last_seen, ctx.device[seen], b.ts[seen])
-            self._offline -= set(np.unique(ctx.device[seen]).tolist())
+            self._offline[ctx.device[seen]] = False
 
     def _count_events(self, pos: npt.NDArray[np.int64]) -> None:
         """Count the application events of the packets at ``pos`` for visibility."""
@@ -439,15 +471,11 @@ class DetectionEngine:
         while self._events and self._events[0][0] < hi:
             got.append(self._events.popleft()[1])
         if got:
-            of_mac = {
-                int(m): int(i)
-                for m, i in zip(self.index._macs.tolist(), self.index._mac_idx.tolist(), strict=True)
-            }
-            self.visibility.update_events(got, of_mac, len(self.baseline.device_ids))
+            self.visibility.update_events(got, self._of_mac, len(self.baseline.device_ids))
 
     def _start_clocks(self, b: PacketBatch, ctx: PacketContext) -> None:
         dv = ctx.device
-        started = np.array([math.isfinite(p.learn_start) for p in self.baseline.profiles], dtype=bool)
+        started = np.isfinite(self.baseline.clocks()[0])
         fresh = (dv >= 0) & ~(started[np.maximum(dv, 0)] if len(started) else True)
         if not fresh.any():
             return
@@ -460,15 +488,15 @@ class DetectionEngine:
         """End the learning of the devices whose period is over at ``now`` (stream time)."""
         due = self.baseline.due(now)
         if due:
-            by_id = {d.device_id: d for d in self._inventory}
+            by_id = self._by_id
             for i in due:
                 dev = by_id.get(self.baseline.device_ids[i])
                 if dev is not None:
                     self.baseline.set_groups(i, device_groups(dev.device_type, dev.vendor, dev.is_gateway))
-                self.baseline.names_evidence[i] = self._names_evidence(i)
                 self._offline_after[i] = offline_after(self.baseline.profiles[i])
             self.baseline.finish(due)
-            self.detector.labels = self.labels()
+            self._grow()
+            self._refresh_names_evidence(np.array(due, dtype=np.int64))
             self.detector.fit_devices(due)  # learning-end findings are raised with the next findings
             out.finished += [self.baseline.device_ids[i] for i in due]
             self.baseline_changed = True
@@ -499,46 +527,53 @@ class DetectionEngine:
                 out.alerts.append(a)
         return scores
 
-    def _names_evidence(self, i: int) -> bool:
-        """A bare-IP peer is evidence for device ``i`` when its DNS answers are observable and
-        its baseline reaches most of its remote peers through names (the share is fixed at its
-        learning end: its learned peers do not change after it)."""
-        share = self._named_share.get(i)
-        if share is None:
-            share = self._named_share[i] = self.baseline.profiles[i].named_share()
-        return self.visibility.names_evidence(i) and share >= NAMED_SHARE
+    def _refresh_names_evidence(self, devices: npt.NDArray[np.int64]) -> None:
+        """Whether a bare-IP peer is evidence for each of ``devices``: its DNS answers are
+        observable and its baseline reaches most of its remote peers through names (the share is
+        read once, at its learning end: its learned peers do not change after it)."""
+        if not len(devices):
+            return
+        todo = devices[np.isnan(self._named_share[devices])]
+        for i in todo.tolist():
+            self._named_share[i] = self.baseline.profiles[i].named_share()
+        n = len(self.baseline.device_ids)
+        observed = self.visibility.names_evidence_all(n)[devices]
+        self.baseline.names_evidence[devices] = observed & (self._named_share[devices] >= NAMED_SHARE)
 
     def _tick(self, now: float, out: EngineOutput) -> None:
         """Hourly work: absorption, groups and visibility refresh, offline notices."""
         assert self.living is not None
-        by_id = {d.device_id: d for d in self._inventory}
-        for i, p in enumerate(self.baseline.profiles):
-            if not p.active:
-                continue
-            dev = by_id.get(p.device_id)
-            if dev is not None:
+        self._grow()
+        active = self.baseline.clocks()[2]
+        if self._type_changed:
+            by_id = self._by_id
+            for dev_id in sorted(self._type_changed, key=lambda x: self._number.get(x, -1)):
+                i = self._number.get(dev_id)
+                dev = by_id.get(dev_id)
+                if i is None or dev is None or not active[i]:
+                    continue
                 groups = device_groups(dev.device_type, dev.vendor, dev.is_gateway)
-                if groups != p.groups:
+                if groups != self.baseline.profiles[i].groups:
                     self.baseline.set_groups(i, groups)
-            self.baseline.names_evidence[i] = self._names_evidence(i)
+            self._type_changed.clear()
+        self._refresh_names_evidence(np.flatnonzero(active))
         det = self.detector
+        m = min(len(active), len(det.remote_known))
+        no_remote = active[:m] & ~det.remote_known[:m]
+        no_names = active[:m] & ~det.names_known[:m]
         young: dict[int, frozenset[str]] = {}
-        for i, p in enumerate(self.baseline.profiles):
-            if not p.active or i >= len(det.remote_known):
-                continue
+        for i in np.flatnonzero(no_remote | no_names).tolist():
             kinds: set[str] = set()
-            if not det.remote_known[i]:
+            if no_remote[i]:
                 kinds |= REMOTE_KINDS
-            if not det.names_known[i]:
+            if no_names[i]:
                 kinds |= NAME_KINDS
-            if kinds:
-                young[i] = frozenset(kinds)
+            young[i] = frozenset(kinds)
         recs = self.living.tick(now, young)
         if recs:
             out.absorbed += recs
             self.baseline_changed = True
-            ids = {p.device_id: i for i, p in enumerate(self.baseline.profiles)}
-            self.detector.refresh_knowledge(sorted({ids[r["device_id"]] for r in recs}))
+            self.detector.refresh_knowledge(sorted({self._number[r["device_id"]] for r in recs}))
         out.alerts += self._offline_notices(now)
 
     # -- operator feedback ---------------------------------------------------------------------
@@ -629,13 +664,15 @@ class DetectionEngine:
 
     def _offline_notices(self, now: float) -> list[Alert]:
         out: list[Alert] = []
-        for i, p in enumerate(self.baseline.profiles):
-            if not p.active or i in self._offline or i >= len(self._last_seen):
-                continue
+        active = self.baseline.clocks()[2]
+        n = min(len(active), len(self._last_seen))
+        last_all = self._last_seen[:n]
+        silent = np.isfinite(last_all) & (now - last_all > self._offline_after[:n])
+        due = active[:n] & ~self._offline[:n] & silent
+        for i in np.flatnonzero(due).tolist():
+            p = self.baseline.profiles[i]
             last = float(self._last_seen[i])
-            if not math.isfinite(last) or now - last <= self._offline_after[i]:
-                continue
-            self._offline.add(i)
+            self._offline[i] = True
             label = self.detector.labels[i] if i < len(self.detector.labels) else p.device_id
             a = self.policy.make(
                 ts=now,

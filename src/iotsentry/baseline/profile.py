@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.baseline import identity as ident
-from iotsentry.baseline.keysets import KeySet
+from iotsentry.baseline.keysets import CountTable, KeySet
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
 from iotsentry.baseline.ramp_guard import RampGuard
@@ -113,14 +113,13 @@ class DeviceProfile:
     def summary(self) -> dict[str, Any]:
         """JSON-ready description, used by the store and the report."""
         X = self.matrix()
-        vol: dict[str, dict[str, float]] = {}
-        for j, name in enumerate(WINDOW_FEATURES):
-            col = X[:, j] if len(X) else np.zeros(1)
-            vol[name] = {
-                "mean": float(col.mean()),
-                "p95": float(np.quantile(col, 0.95)),
-                "max": float(col.max()),
-            }
+        if not len(X):
+            X = np.zeros((1, len(WINDOW_FEATURES)))
+        mean, top = X.mean(axis=0).tolist(), X.max(axis=0).tolist()
+        p95 = np.quantile(X, 0.95, axis=0).tolist()
+        vol = {
+            name: {"mean": mean[j], "p95": p95[j], "max": top[j]} for j, name in enumerate(WINDOW_FEATURES)
+        }
         mat = self.maturity()
         return {
             "device_id": self.device_id,
@@ -207,19 +206,23 @@ class Identity:
     """... with a network (a local address) the device or its groups exchanged such UDP with."""
 
 
+_Clocks = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]
+"""Per device: learning start, learning end, learning ended."""
+
+
 class Baseline:
     """All device profiles of a site: learned per device on its own clock, then living."""
 
     def __init__(self, device_ids: list[str]) -> None:
         self.device_ids = list(device_ids)
         self.profiles = [DeviceProfile(d) for d in self.device_ids]
-        self._peer_win: dict[int, int] = {}
-        self._svc_win: dict[int, int] = {}
+        self._peer_win = CountTable()
+        """(device, peer) key -> windows in which the device met the peer while learning."""
+        self._svc_win = CountTable()
+        """(device, service) key -> windows in which the device used the service."""
         self._names: dict[int, set[str]] = defaultdict(set)
         self.periodicity = PeriodicityTracker()
         self._tokens: dict[int, set[int]] = defaultdict(set)
-        self._peer_tab: tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]] | None = None
-        self._svc_tab: tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]] | None = None
         self.known = KeySet()
         """Identity keys (:func:`~iotsentry.baseline.identity.key`) owned by devices: networks,
         domains, bare-IP services, high-UDP networks."""
@@ -232,7 +235,9 @@ class Baseline:
         """Learned key -> (device, "peer" | "service", address or service label)."""
         self._bare_peers: dict[int, dict[str, set[str]]] = {}
         self._owners: npt.NDArray[np.uint64] | None = None
-        """Cache of :meth:`group_owners` (dropped when a device's groups change)."""
+        """Cache of :meth:`group_owners` (rows updated when a device's groups change)."""
+        self._clocks: _Clocks | None = None
+        """Cache of :meth:`clocks`."""
         """With the drift guard, while learning: device -> bare-IP service -> the peers on it."""
         self.names_evidence = np.ones(len(self.device_ids), dtype=bool)
         """Per device: a bare-IP peer is evidence (the device's DNS answers are observable and it
@@ -264,25 +269,52 @@ class Baseline:
         if until is not None:
             end = min(end, until)
         p.learn_end = float(np.floor(end / WINDOW_S) * WINDOW_S)
+        if self._clocks is not None and device < len(self._clocks[0]):
+            self._clocks[0][device] = p.learn_start
+            self._clocks[1][device] = p.learn_end
+
+    def clocks(self) -> _Clocks:
+        """Per device: (learning start, learning end, learning ended) as arrays, kept in step with
+        the profiles by :meth:`start_clock` and :meth:`finish` (whoever sets those profile fields
+        directly calls :meth:`reset_clocks`)."""
+        n = len(self.profiles)
+        if self._clocks is None:
+            self._clocks = (np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+        have = len(self._clocks[0])
+        if have < n:
+            new = self.profiles[have:]
+            self._clocks = (
+                np.append(self._clocks[0], [p.learn_start for p in new]),
+                np.append(self._clocks[1], [p.learn_end for p in new]),
+                np.append(self._clocks[2], np.array([p.active for p in new], dtype=bool)),
+            )
+        return self._clocks
+
+    def reset_clocks(self) -> None:
+        """Re-read the clocks and groups from the profiles (after their fields were set directly)."""
+        self._clocks = None
+        self._owners = None
 
     def learn_ends(self) -> npt.NDArray[np.float64]:
         """Per device: the end of its learning period (``inf`` before its first packet)."""
-        return np.array([p.learn_end for p in self.profiles], dtype=np.float64)
+        return self.clocks()[1].copy()
 
     def learning_mask(
         self, device: npt.NDArray[np.int32], ts: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.bool_]:
         """Per packet: attributed to a device that still learns at the packet's time."""
-        ends = self.learn_ends()
+        _, ends, active = self.clocks()
         if not len(ends):
             return np.zeros(len(device), dtype=bool)
         d = np.maximum(device, 0)
-        active = np.array([p.active for p in self.profiles], dtype=bool)
-        return (device >= 0) & ~active[d] & (ts < ends[d])
+        out: npt.NDArray[np.bool_] = (device >= 0) & ~active[d] & (ts < ends[d])
+        return out
 
     def due(self, now: float) -> list[int]:
         """Devices still learning whose learning period ended before ``now``."""
-        return [i for i, p in enumerate(self.profiles) if not p.active and p.learn_end <= now]
+        _, ends, active = self.clocks()
+        out: list[int] = np.flatnonzero(~active & (ends <= now)).tolist()
+        return out
 
     def finish(self, devices: list[int]) -> None:
         """End the learning of these devices: freeze their schedules, share their knowledge."""
@@ -294,12 +326,13 @@ class Baseline:
             if p.active:
                 continue
             p.active = True
+            if self._clocks is not None and d < len(self._clocks[2]):
+                self._clocks[2][d] = True
             if ramped:
                 self._quarantine({k: v for k, v in ramped.items() if self._key_label.get(k, (-1,))[0] == d})
             self._bare_peers.pop(d, None)
             self._share(d)
         self.periodicity.freeze_devices(set(devices))
-        self._peer_tab = self._svc_tab = None
 
     def freeze(self) -> None:
         """End learning for every device (a batch run's single learning end)."""
@@ -308,7 +341,7 @@ class Baseline:
     @property
     def frozen(self) -> bool:
         """Whether every device's learning has ended."""
-        return all(p.active for p in self.profiles)
+        return bool(self.clocks()[2].all())
 
     def add_device(self, device_id: str) -> int:
         """Register a device first seen later (its own clock starts at its first packet)."""
@@ -323,7 +356,9 @@ class Baseline:
         p = self.profiles[device]
         new = [g for g in groups if g not in p.groups]
         p.groups = list(groups)
-        self._owners = None
+        if self._owners is not None and device < len(self._owners):
+            row = [ident.group_owner(g) for g in p.groups[:2]]
+            self._owners[device] = row + [0] * (2 - len(row))
         if new and p.active:
             self._share(device, only=new)
 
@@ -358,47 +393,43 @@ class Baseline:
 
     def group_owners(self) -> npt.NDArray[np.uint64]:
         """(devices, 2) owner numbers of each device's first two groups (0 = none)."""
-        if self._owners is None or len(self._owners) != len(self.profiles):
+        have = 0 if self._owners is None else len(self._owners)
+        if self._owners is None or have != len(self.profiles):
             out = np.zeros((len(self.profiles), 2), dtype=np.uint64)
-            for i, p in enumerate(self.profiles):
-                for j, g in enumerate(p.groups[:2]):
+            if self._owners is not None and have < len(self.profiles):
+                out[:have] = self._owners  # rows of devices added since are appended
+            else:
+                have = 0
+            for i in range(have, len(self.profiles)):
+                for j, g in enumerate(self.profiles[i].groups[:2]):
                     out[i, j] = ident.group_owner(g)
             self._owners = out
         return self._owners
 
     # -- lookups -----------------------------------------------------------------------------
-    def _tables(self) -> tuple[tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]], ...]:
-        if self._peer_tab is None:
-            self._peer_tab = _sorted_table(self._peer_win)
-        if self._svc_tab is None:
-            self._svc_tab = _sorted_table(self._svc_win)
-        return self._peer_tab, self._svc_tab
-
     @property
     def _peer_keys(self) -> npt.NDArray[np.uint64]:
-        return self._tables()[0][0]
+        return self._peer_win.sorted_arrays()[0]
 
     @property
     def _peer_counts(self) -> npt.NDArray[np.float64]:
-        return self._tables()[0][1]
+        return self._peer_win.sorted_arrays()[1]
 
     @property
     def _svc_keys(self) -> npt.NDArray[np.uint64]:
-        return self._tables()[1][0]
+        return self._svc_win.sorted_arrays()[0]
 
     @property
     def _svc_counts(self) -> npt.NDArray[np.float64]:
-        return self._tables()[1][1]
+        return self._svc_win.sorted_arrays()[1]
 
     def peer_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
         """Windows in which each packet's (device, peer) was seen while learning (0 = never)."""
-        keys, counts = self._tables()[0]
-        return _count_lookup(keys, counts, self.peer_keys(ctx))
+        return self._peer_win.lookup(self.peer_keys(ctx))
 
     def service_windows(self, ctx: PacketContext) -> npt.NDArray[np.float64]:
         """Windows in which each packet's (device, service) was seen while learning."""
-        keys, counts = self._tables()[1]
-        return _count_lookup(keys, counts, self.service_keys(ctx))
+        return self._svc_win.lookup(self.service_keys(ctx))
 
     def named(
         self,
@@ -445,12 +476,16 @@ class Baseline:
                 )
                 pkt_name = np.where(batch.ts[cand] >= since[inv], pkt_name, -1)
             has_name[cand] = pkt_name >= 0
-            pairs = [(d, number[s]) for d, learned in self._names.items() for s in learned if s in number]
-            if pairs:
-                pd = np.array([d for d, _ in pairs], dtype=np.uint64)
-                pn = np.array([k for _, k in pairs], dtype=np.uint64)
-                hit = K.lookup_pairs(ctx.device[cand].astype(np.uint64), pkt_name.astype(np.uint64), pd, pn)
-                name_known[cand] = (hit >= 0) & (pkt_name >= 0)
+            # the (device, name) pairs of this batch, each checked against the device's names
+            ok = np.flatnonzero(pkt_name >= 0)
+            if len(ok) and self._names:
+                texts = list(number)
+                code = ctx.device[cand[ok]].astype(np.int64) * len(texts) + pkt_name[ok]
+                u, inv_u = np.unique(code, return_inverse=True)
+                learned = self._names
+                nt = len(texts)
+                hit_u = np.array([texts[c % nt] in learned.get(c // nt, ()) for c in u.tolist()], dtype=bool)
+                name_known[cand[ok]] = hit_u[inv_u]
             # the registrable domain of the name, known to the device or one of its groups
             if number:
                 dom = np.zeros(len(number), np.uint64)
@@ -628,7 +663,6 @@ class Baseline:
         self._account_pairs(pst, idx, ctx, batch, ip_names, kind="peer", name_ts=name_ts)
         self._account_pairs(sst, idx, ctx, batch, ip_names, kind="service")
         self._learn_identity(batch, ctx, valid, local, has_name)
-        self._peer_tab = self._svc_tab = None
         # time span per device
         dv = ctx.device[ctx.device >= 0]
         if len(dv):
@@ -743,7 +777,7 @@ class Baseline:
 
     @staticmethod
     def _first_window_flags(
-        stats: KeyStats, window: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], seen: dict[int, int]
+        stats: KeyStats, window: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], seen: CountTable
     ) -> npt.NDArray[np.bool_]:
         """Known = seen in an earlier batch, or earlier in this batch than the packet's window."""
         out = np.zeros(len(window), dtype=bool)
@@ -913,7 +947,6 @@ class Baseline:
             )
             self._svc_win[k] = self._svc_win.get(k, 0) + 1
             p.services[item] += 1
-            self._svc_tab = None
         else:
             attr, tag = {
                 "network": ("networks", "net"),
@@ -947,7 +980,6 @@ class Baseline:
             )
             self._svc_win.pop(k, None)
             p.services.pop(item, None)
-            self._svc_tab = None
         else:
             attr, tag = {
                 "network": ("networks", "net"),
@@ -974,7 +1006,6 @@ class Baseline:
             self._add_items(d, "dom", p.domains)
             self._add_items(d, "bare", p.bare_services)
             self._add_items(d, "high", p.high_networks)
-        self._peer_tab = self._svc_tab = None
 
     def rebuild_groups(self) -> None:
         """Recompute every group's knowledge from its active members' baselines."""
@@ -1047,24 +1078,3 @@ def _ip_names(
         np.ascontiguousarray(hi), np.ascontiguousarray(lo), np.array(th, np.uint64), np.array(tl, np.uint64)
     )
     return [tn[p] if p >= 0 else "" for p in pos.tolist()]
-
-
-def _sorted_table(d: dict[int, int]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
-    if not d:
-        return np.zeros(0, np.uint64), np.zeros(0, np.float64)
-    keys = np.fromiter(d.keys(), dtype=np.uint64, count=len(d))
-    vals = np.fromiter(d.values(), dtype=np.float64, count=len(d))
-    order = np.argsort(keys)
-    return keys[order], vals[order]
-
-
-def _count_lookup(
-    keys: npt.NDArray[np.uint64], counts: npt.NDArray[np.float64], q: npt.NDArray[np.uint64]
-) -> npt.NDArray[np.float64]:
-    out = np.zeros(len(q))
-    if len(keys) == 0 or len(q) == 0:
-        return out
-    pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-    hit = keys[pos] == q
-    out[hit] = counts[pos[hit]]
-    return out

@@ -69,13 +69,13 @@ class Visibility:
         ok = dev >= 0
         if not ok.any():
             return
-        d = dev[ok].astype(np.int64)
+        # counted over the devices of this batch only (not every device of the fleet)
+        u, d = np.unique(dev[ok], return_inverse=True)
         c = self._col
-        n = len(self.counts)
+        got = np.zeros((len(u), len(_COLS)), np.int64)
 
         def add(col: str, mask: npt.NDArray[np.bool_] | None = None) -> None:
-            sel = d if mask is None else d[mask]
-            self.counts[:, c[col]] += np.bincount(sel, minlength=n)[:n]
+            got[:, c[col]] = np.bincount(d if mask is None else d[mask], minlength=len(u))
 
         add("packets")
         add("truncated", (batch.cap_len < batch.wire_len)[ok])
@@ -88,6 +88,7 @@ class Visibility:
         out = ctx.outbound[ok]
         add("remote_out", remote & out)
         add("remote_in", remote & ~out)
+        self.counts[u] += got
 
     def update_events(self, events: list[AppEvent], device_of_mac: dict[int, int], n_devices: int) -> None:
         """Count the parsed application events of one batch (DNS answers and queries, others)."""
@@ -125,6 +126,16 @@ class Visibility:
         if self._get(d, "dns_responses") > 0:
             return "truncated"
         return "not seen"
+
+    def names_evidence_all(self, n: int) -> npt.NDArray[np.bool_]:
+        """:meth:`names_evidence` of devices ``0 .. n-1``."""
+        self._grow(n)
+        c = self.counts[:n]
+        col = self._col
+        out: npt.NDArray[np.bool_] = (c[:, col["dns_answers"]] >= MIN_ANSWERS) & (
+            c[:, col["dns_cut"]] <= MAX_CUT_SHARE * c[:, col["dns_responses"]]
+        )
+        return out
 
     def names_evidence(self, d: int) -> bool:
         """Whether "no DNS name" is evidence for this device (its DNS answers are observable)."""

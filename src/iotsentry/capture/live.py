@@ -10,8 +10,9 @@ the wire length of frames cut by the snap length) and decoded by the same
 come from the kernel (``SO_TIMESTAMPNS``); ``time.time()`` is used when the kernel gives
 none. The kernel stamps sent and received frames at different points, so a frame can come
 stamped slightly before one already read: such a stamp is raised to its predecessor's, so the
-stream stays in time order (the per-device windows downstream expect it). The link type of each frame follows the interface's hardware type (Ethernet and
-loopback: Ethernet framing; ``ARPHRD_NONE`` tunnels: raw IP). Both directions are seen
+stream stays in time order (the per-device windows downstream expect it). The link type of
+each frame follows the interface's hardware type (Ethernet and loopback: Ethernet framing;
+``ARPHRD_NONE`` tunnels: raw IP). Both directions are seen
 (outgoing frames too). ``index`` counts frames since the capture was opened.
 """
 

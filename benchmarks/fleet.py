@@ -246,8 +246,8 @@ class Source:
     flow
         Per frame: hash of its flow (5-tuple cut at idle gaps), ``uint64[n]``.
     sender
-        Per frame: sent by its source-side device from a local address or as ARP (what makes
-        the inventory count a MAC as a device).
+        Per frame: sent by its source-side device from a local address, as ARP or as a DHCP
+        client (what makes the inventory count a MAC as a device).
     span_us
         Shift between copies in microseconds (span rounded up to a second, plus one second).
     """
@@ -429,7 +429,12 @@ def analyse(frames: Frames, idle_timeout: float = 120.0, arp_timeout: float = 1.
     sender = (
         (src_dev >= 0)
         & (src_mac == dev_mac[s] if len(dev_mac) else False)
-        & ((lay.ipv4 & _local_v4(f["src_ip"])) | (lay.ethertype == ETH_ARP) | (f["src_ip6_local"] > 0))
+        & (
+            (lay.ipv4 & _local_v4(f["src_ip"]))
+            | (lay.ethertype == ETH_ARP)
+            | (f["src_ip6_local"] > 0)
+            | (f["dhcp_chaddr"] == src_mac)  # a DHCP client's message (from 0.0.0.0)
+        )
     )
     flow = _flows(frames, lay, f, round(idle_timeout * 1e6), round(arp_timeout * 1e6))
     span = int(frames.ts_us[-1] - frames.ts_us[0])

@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_flows.py
 	$(BIN)/python benchmarks/bench_analyze.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) demo-out iotsentry-out .pytest_cache .mypy_cache .ruff_cache

@@ -331,10 +331,17 @@ class Analyzer:
 
 
 class _Timeline:
-    """Per device and window: packets, bytes and the highest packet score (for the report)."""
+    """Per device and window: packets, bytes and the highest packet score (for the report).
+
+    Batches add columnar rows ((device, window) key, packets, bytes, score); rows are folded
+    together (numpy, no per-row Python) when they pile up and at the end."""
+
+    FOLD_ROWS = 2_000_000
 
     def __init__(self) -> None:
-        self.rows: dict[int, dict[int, list[float]]] = {}
+        self._parts: list[tuple[npt.NDArray[np.int64], ...]] = []
+        self._rows = 0
+        self._folded: tuple[npt.NDArray[Any], ...] | None = None
 
     def add(self, b: PacketBatch, device: npt.NDArray[np.int32], scores: npt.NDArray[np.float64]) -> None:
         ok = device >= 0
@@ -342,28 +349,52 @@ class _Timeline:
             return
         d = device[ok].astype(np.int64)
         w = np.floor(b.ts[ok] / WINDOW_S).astype(np.int64)
-        key = (d << 40) | (w - w.min())
+        key = (d << 32) | (w & 0xFFFFFFFF)
         uk, inv = np.unique(key, return_inverse=True)
         inv = inv.ravel()
-        pk = np.bincount(inv, minlength=len(uk))
+        top = np.zeros(len(uk))
+        np.maximum.at(top, inv, scores[ok])
+        pk = np.bincount(inv, minlength=len(uk)).astype(np.float64)
         by = np.bincount(inv, weights=b.wire_len[ok].astype(np.float64), minlength=len(uk))
-        sc = np.zeros(len(uk))
-        np.maximum.at(sc, inv, scores[ok])
-        w0 = int(w.min())
-        for k, p, y, s in zip(uk.tolist(), pk.tolist(), by.tolist(), sc.tolist(), strict=True):
-            row = self.rows.setdefault(k >> 40, {}).setdefault((k & ((1 << 40) - 1)) + w0, [0.0, 0.0, 0.0])
-            row[0] += p
-            row[1] += y
-            row[2] = max(row[2], s)
+        self._append(uk, pk, by, top)
+
+    def _append(self, *cols: npt.NDArray[Any]) -> None:
+        self._parts.append(cols)
+        self._rows += len(cols[0])
+        if self._rows > self.FOLD_ROWS:
+            self._fold()
+
+    def _fold(self) -> tuple[npt.NDArray[Any], ...]:
+        parts = self._parts if self._folded is None else [self._folded, *self._parts]
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+        key, pk, by, sc = (np.concatenate([p[j] for p in parts]) for j in range(4))
+        uk, inv = np.unique(key, return_inverse=True)
+        inv = inv.ravel()
+        top = np.zeros(len(uk))
+        np.maximum.at(top, inv, sc)
+        self._folded = (
+            uk,
+            np.bincount(inv, weights=pk, minlength=len(uk)),
+            np.bincount(inv, weights=by, minlength=len(uk)),
+            top,
+        )
+        self._parts, self._rows = [], 0
+        return self._folded
 
     def result(self, device_ids: list[str]) -> dict[str, dict[str, list[float]]]:
+        key, pk, by, sc = self._fold()
+        dev = (key >> 32).astype(np.int64)
+        win = key & 0xFFFFFFFF
         out = {}
-        for d, rows in self.rows.items():
-            ws = sorted(rows)
-            out[device_ids[d]] = {
-                "t": [w * WINDOW_S for w in ws],
-                "packets": [rows[w][0] for w in ws],
-                "bytes": [rows[w][1] for w in ws],
-                "score": [rows[w][2] for w in ws],
+        bounds = np.flatnonzero(np.diff(dev)) + 1 if len(dev) else np.zeros(0, np.int64)
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(dev)], strict=True):
+            if hi <= lo:
+                continue
+            out[device_ids[int(dev[lo])]] = {
+                "t": (win[lo:hi] * WINDOW_S).astype(np.float64).tolist(),
+                "packets": pk[lo:hi].tolist(),
+                "bytes": by[lo:hi].tolist(),
+                "score": sc[lo:hi].tolist(),
             }
         return out

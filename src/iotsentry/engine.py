@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,6 +261,8 @@ class DetectionEngine:
         """Device id -> device number."""
         self._type_sig: dict[str, tuple[str | None, str | None, bool]] = {}
         self._type_changed: set[str] = set()
+        self._young_code = np.zeros(0, np.int8)
+        """Per device, at the last tick: what its baseline does not hold at all (see :class:`_YoungKinds`)."""
         """Devices whose type, vendor or gateway role changed since the last hourly refresh."""
         self.score_sink: ScoreSink | None = None
         """Called for every processed batch with per-packet scores (0 while a device learns)."""
@@ -558,18 +560,15 @@ class DetectionEngine:
             self._type_changed.clear()
         self._refresh_names_evidence(np.flatnonzero(active))
         det = self.detector
-        m = min(len(active), len(det.remote_known))
-        no_remote = active[:m] & ~det.remote_known[:m]
-        no_names = active[:m] & ~det.names_known[:m]
-        young: dict[int, frozenset[str]] = {}
-        for i in np.flatnonzero(no_remote | no_names).tolist():
-            kinds: set[str] = set()
-            if no_remote[i]:
-                kinds |= REMOTE_KINDS
-            if no_names[i]:
-                kinds |= NAME_KINDS
-            young[i] = frozenset(kinds)
-        recs = self.living.tick(now, young)
+        n = len(active)
+        code = np.zeros(n, np.int8)
+        m = min(n, len(det.remote_known))
+        code[:m] = (active[:m] & ~det.remote_known[:m]) + 2 * (active[:m] & ~det.names_known[:m])
+        prev = np.zeros(n, np.int8)
+        prev[: len(self._young_code)] = self._young_code[:n]
+        changed = np.flatnonzero(code != prev).tolist()
+        self._young_code = code
+        recs = self.living.tick(now, _YoungKinds(code), young_changed=changed)
         if recs:
             out.absorbed += recs
             self.baseline_changed = True
@@ -736,6 +735,27 @@ class DetectionEngine:
             s["visibility"] = self.visibility.of(i)
             out[prof.device_id] = s
         return out
+
+
+class _YoungKinds(Mapping[int, frozenset[str]]):
+    """Device -> kinds of behaviour its baseline does not hold at all (so it still learns them),
+    read from a per-device code: 1 no remote peers, 2 no names, 3 neither."""
+
+    _KINDS: tuple[frozenset[str], ...] = (frozenset(), REMOTE_KINDS, NAME_KINDS, REMOTE_KINDS | NAME_KINDS)
+
+    def __init__(self, code: npt.NDArray[np.int8]) -> None:
+        self._code = code
+
+    def __getitem__(self, d: int) -> frozenset[str]:
+        if 0 <= d < len(self._code) and self._code[d]:
+            return self._KINDS[int(self._code[d])]
+        raise KeyError(d)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.flatnonzero(self._code).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._code))
 
 
 def _rows(ctx: PacketContext, start: int, stop: int) -> PacketContext:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +116,7 @@ class Living:
         ready: readiness depends on a candidate's own sightings) ..."""
         self._deferred: set[int] = set()
         """... devices whose ready candidates waited for the next day's allowance ..."""
-        self._young: dict[int, frozenset[str]] = {}
+        self._young: Mapping[int, frozenset[str]] = {}
         """... and devices whose young kinds changed (as passed to the last tick)."""
         self._rank: dict[int, int] = {}
         """Device -> order in which it first had a candidate (the order ticks handle devices)."""
@@ -277,14 +278,20 @@ class Living:
         """Whether a clock hour has passed since the last :meth:`tick`."""
         return int(now // 3600.0) > int(self.last_tick // 3600.0) if np.isfinite(self.last_tick) else True
 
-    def tick(self, now: float, young: dict[int, frozenset[str]] | None = None) -> list[dict[str, Any]]:
+    def tick(
+        self,
+        now: float,
+        young: Mapping[int, frozenset[str]] | None = None,
+        young_changed: Iterable[int] | None = None,
+    ) -> list[dict[str, Any]]:
         """Absorb the candidates that persisted unalerted (see module docstring); returns the
         history records of what was absorbed.
 
         ``young`` maps devices to kinds of behaviour their baseline does not hold at all (no
         remote peers, no names): rules do not judge those kinds yet, so the device is still
         learning them -- their unblocked candidates are absorbed at once, without the persistence
-        requirement or the daily cap.
+        requirement or the daily cap. ``young_changed``, when given, names the devices whose
+        young kinds differ from those of the last tick (else ``young`` is compared in full).
         """
         self.last_tick = now
         out: list[dict[str, Any]] = []
@@ -292,8 +299,13 @@ class Living:
         young = young or {}
         # only devices whose candidates or young kinds changed, or that waited for the allowance
         check = self._dirty | self._deferred
-        check.update(d for d, k in young.items() if self._young.get(d) != k)
-        self._young = dict(young)
+        if young_changed is not None:
+            check.update(young_changed)
+            self._young = young
+        else:
+            check.update(d for d, k in young.items() if self._young.get(d) != k)
+            check.update(d for d in self._young if d not in young)
+            self._young = dict(young)
         self._dirty, self._deferred = set(), set()
         for d in sorted(check, key=lambda x: self._rank.get(x, -1)):
             cands = self.candidates.get(d)

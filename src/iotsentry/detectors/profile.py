@@ -230,9 +230,9 @@ class WindowProfileDetector(Detector):
                 self.capped_ = [WINDOW_FEATURES[j] for j in capped]
             # discovery is high while a device is set up: use the settled second half only
             tail = X[len(X) // 2 :]
-            for f in DISCOVERY_FEATURES:
-                # a setup burst is rare: the 90th percentile, not the maximum, of the settled half
-                learned[F[f]] = float(np.quantile(tail[:, F[f]], 0.9)) if len(tail) else 0.0
+            # a setup burst is rare: the 90th percentile, not the maximum, of the settled half
+            cols = [F[f] for f in DISCOVERY_FEATURES]
+            learned[cols] = np.quantile(tail[:, cols], 0.9, axis=0) if len(tail) else 0.0
             limits = np.maximum(limits, self.margin * learned)
         if not self.mature:
             limits = np.maximum(limits, np.array([FLOORS_IMMATURE[f] for f in WINDOW_FEATURES]))

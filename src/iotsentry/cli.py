@@ -337,14 +337,22 @@ def cmd_score(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh, _ProgressBar(_total_bytes(paths)) as bar:
         fh.write("index,ts,device,score\n")
+        names = np.array([""], dtype=object)  # device names, then "" for packets of no device
 
         def sink(batch: Any, device: Any, scores: Any) -> None:
+            nonlocal names
             assert an.engine is not None
             ids = an.engine.baseline.device_ids
-            names = np.array([*ids, ""], dtype=object)
+            if len(names) != len(ids) + 1:
+                names = np.array([*ids, ""], dtype=object)
             _write_rows(fh, batch.index, batch.ts, names[np.where(device >= 0, device, len(ids))], scores)
 
-        an.run(progress=bar, score_sink=sink)
+        def restart() -> None:  # the input was not in time order: the analysis starts again
+            fh.seek(0)
+            fh.truncate()
+            fh.write("index,ts,device,score\n")
+
+        an.run(progress=bar, score_sink=sink, on_restart=restart)
     print(f"{an.packets:,} packets scored -> {out}")
     return 0
 

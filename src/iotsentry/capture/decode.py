@@ -408,7 +408,8 @@ class BatchBuilder:
         Keep the captured bytes of every frame (``PacketBatch.raw``), or, given a
         :data:`RawFilter`, only of the frames it selects (the others get zero raw bytes).
     decode
-        Run the protocol decoder (off only for counting).
+        Run the protocol decoder (off: only the frame number and timestamp columns, for
+        counting packets and finding a capture's time span).
     """
 
     def __init__(self, capacity: int, first_index: int, with_raw: RawSpec, decode: bool = True) -> None:
@@ -420,6 +421,7 @@ class BatchBuilder:
         self.cols: dict[str, npt.NDArray[Any]] = (
             {k: np.zeros(capacity, dtype=dt) for k, dt in PacketBatch.FIELDS.items()} if decode else {}
         )
+        self.ts = np.zeros(0 if decode else capacity)
         self.raw = np.zeros(0, dtype=np.uint8)
         self.raw_used = 0
         self.raw_lens: list[npt.NDArray[np.uint32]] = []
@@ -436,6 +438,7 @@ class BatchBuilder:
         a, b = self.n, self.n + k
         self.n = b
         if not self.decode:
+            self.ts[a:b] = blk.ts[:k]
             return
         c = self.cols
         c["ts"][a:b] = blk.ts[:k]
@@ -495,7 +498,8 @@ class BatchBuilder:
         """The batch of the rows added so far."""
         n = self.n
         if not self.decode:
-            return PacketBatch({"index": np.arange(self.first_index, self.first_index + n, dtype=np.int64)})
+            index = np.arange(self.first_index, self.first_index + n, dtype=np.int64)
+            return PacketBatch({"index": index, "ts": self.ts[:n]})
         cols = {k: v[:n] for k, v in self.cols.items()}
         cols["index"] = np.arange(self.first_index, self.first_index + n, dtype=np.int64)
         if not self.with_raw:

@@ -15,6 +15,9 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.pcap import MAGIC_NSEC, MAGIC_USEC, read_pcap
 from iotsentry.capture.pcapng import SHB_TYPE, read_pcapng
@@ -93,6 +96,15 @@ def read_all(path: str | Path, with_raw: RawSpec = False) -> PacketBatch:
     if len(batches) == 1:
         return batches[0]
     return PacketBatch.concat(batches)
+
+
+def read_timestamps(path: str | Path, *, batch_size: int = 1_000_000) -> Iterator[npt.NDArray[np.float64]]:
+    """The packet timestamps of a capture, in file order, batch by batch: a walk over the record
+    headers only (no protocol decode), for finding a capture's time span before reading it."""
+    fmt = capture_format(path)
+    reader = read_pcap if fmt == "pcap" else read_pcapng
+    for b in reader(path, batch_size=batch_size, decode=False):
+        yield b.ts
 
 
 def count_packets(path: str | Path) -> int:

@@ -162,6 +162,28 @@ def time_cli(path: Path, out_dir: Path, learn_seconds: float, timeout: float) ->
     return {"wall_s": wall, "command": " ".join(cmd)}
 
 
+def code_version() -> str:
+    """The commit measured, and whether ``src/`` had uncommitted changes (of the package that is
+    imported: a ``PYTHONPATH`` checkout other than this repository is named by its path)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("iotsentry")
+    pkg = Path(spec.origin).resolve().parents[1] if spec and spec.origin else None
+    repo = Path(__file__).resolve().parents[1]
+    if pkg is not None and pkg != repo / "src":
+        return f"iotsentry from {pkg}"
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in src/" if dirty else "")
+
+
 def top_entries(prof: Path, n: int) -> str:
     """The ``n`` top functions by own time (``tottime``) of a cProfile dump, as text."""
     import io
@@ -199,6 +221,7 @@ def build_levels(
         meta = path.with_suffix(".json")
         if path.exists() and meta.exists():
             summary = json.loads(meta.read_text())
+            summary["devices"] = fleet.count_devices(src, k, packets, seed)  # the current rule
         else:
             summary = asdict(fleet.write_fleet(path, src, clones=k, packets=packets, seed=seed))
             meta.write_text(json.dumps(summary, indent=2))
@@ -227,7 +250,8 @@ def report(figs: dict[str, Any]) -> str:
     base_rate = base["packets"] / base["seconds"] if base else None
     lines = [
         f"Fleet benchmark: {figs['packets']:,} packets (IoTEnsemble 2020-11-23..26, repeated in time, "
-        f"devices cloned), learn_seconds={figs['learn_seconds']:g}, seed {figs['seed']}",
+        f"devices cloned), learn_seconds={figs['learn_seconds']:g}, seed {figs['seed']}; code "
+        f"{figs.get('code', 'unknown')}, {figs.get('cpu_count')} CPUs",
         "",
         "| level | K | devices (fleet) | devices (analyze) | alerts | seconds | packets/s "
         f"| ratio to {first} | peak RSS MB | RSS/device KB | marginal KB/device |",
@@ -323,6 +347,7 @@ def main() -> None:
         print(json.dumps(run_level(Path(path), Path(warm), float(learn), float(limit), prof)))
         return
 
+    code = code_version()
     with tempfile.TemporaryDirectory() as td:
         work = a.work or Path(td)
         work.mkdir(parents=True, exist_ok=True)
@@ -338,6 +363,7 @@ def main() -> None:
             "learn_seconds": a.learn_seconds,
             "seed": a.seed,
             "cpu_count": os.cpu_count(),
+            "code": code if code_version() == code else f"{code} at the start, {code_version()} at the end",
             "levels": levels,
         }
         if not a.no_cli and levels:

@@ -21,6 +21,7 @@ can turn into alerts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
@@ -102,6 +103,7 @@ _PHRASES = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _is_local_ip(ip: str) -> bool:
     try:
         a = ipaddress.ip_address(ip)
@@ -110,32 +112,66 @@ def _is_local_ip(ip: str) -> bool:
     return bool(a.is_private or a.is_multicast or a.is_link_local or a.is_unspecified) or ip.endswith(".255")
 
 
-def profile_vector(profile: DeviceProfile) -> F64:
-    """Fixed-size, fixed-scale profile vector of one device (columns :data:`PROFILE_FEATURES`)."""
-    X = profile.matrix()
+def _volume_head(profiles: Sequence[DeviceProfile]) -> F64:
+    """Volume part of the vectors, ``log10(1 + x)`` of: mean and p90 of each volume feature,
+    frame size, peer count, service count (one row per device).
+
+    Devices with the same number of windows are stacked into one ``(devices, windows,
+    features)`` array, so there is one mean and one ``np.quantile`` per distinct window count;
+    every statistic is computed along one axis of its own device's rows in the same order as on
+    that device alone, so the values are identical to a per-device computation.
+    """
+    nv = len(VOLUME_FEATURES)
+    raw = np.zeros((len(profiles), 2 * nv + 3))
+    counts = np.fromiter((len(p.windows) for p in profiles), dtype=np.int64, count=len(profiles))
     idx = [WINDOW_FEATURES.index(f) for f in VOLUME_FEATURES]
-    if len(X):
-        V = X[:, idx]
-        vol = np.column_stack([V.mean(axis=0), np.quantile(V, 0.9, axis=0)]).ravel()
-        frame = X[:, WINDOW_FEATURES.index("bytes")].sum() / max(
-            X[:, WINDOW_FEATURES.index("packets")].sum(), 1
-        )
-    else:
-        vol = np.zeros(2 * len(VOLUME_FEATURES))
-        frame = 0.0
+    jb, jp = WINDOW_FEATURES.index("bytes"), WINDOW_FEATURES.index("packets")
+    order = np.argsort(counts, kind="stable")
+    values, starts = np.unique(counts[order], return_index=True)
+    ends = np.r_[starts[1:], len(order)]
+    for c, a, b in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        if c == 0:
+            continue
+        sel = order[a:b]
+        A = np.vstack([w for i in sel.tolist() for w in profiles[i].windows]).reshape(len(sel), c, -1)
+        V = A[:, :, idx]
+        raw[sel, 0 : 2 * nv : 2] = V.mean(axis=1)
+        raw[sel, 1 : 2 * nv : 2] = np.quantile(V, 0.9, axis=1)
+        packets = np.ascontiguousarray(A[:, :, jp]).sum(axis=1)
+        raw[sel, 2 * nv] = np.ascontiguousarray(A[:, :, jb]).sum(axis=1) / np.maximum(packets, 1)
+    raw[:, 2 * nv + 1] = [len(p.peers) for p in profiles]
+    raw[:, 2 * nv + 2] = [len(p.services) for p in profiles]
+    head: F64 = np.log10(1.0 + raw)
+    return head
+
+
+def _identity_part(profile: DeviceProfile) -> list[float]:
+    """Shares of the vector: local peers, DNS-named remote peers, each common service, "other"."""
     # identity shares over recurrent peers / services (seen in two windows or more), so that a
     # short burst (a scan, a flood) changes the volumes, not what kind of device it looks like
     recurrent = [p for p, c in profile.peers.items() if c >= 2] or list(profile.peers)
-    local = [p for p in recurrent if _is_local_ip(p)]
-    remote = [p for p in recurrent if not _is_local_ip(p)]
-    local_share = len(local) / len(recurrent) if recurrent else 1.0
+    is_local = [_is_local_ip(p) for p in recurrent]
+    remote = [p for p, loc in zip(recurrent, is_local, strict=True) if not loc]
+    local_share = sum(is_local) / len(recurrent) if recurrent else 1.0
     named_share = sum(1 for p in remote if profile.peer_names.get(p)) / len(remote) if remote else 1.0
     n_win = max(len(profile.windows), 1)
-    svc = [min(profile.services.get(s, 0) / n_win, 1.0) for s in COMMON_SERVICES]
-    other = max((c for s, c in profile.services.items() if s not in COMMON_SERVICES), default=0)
-    peers = profile.peers
-    head = np.log10(1.0 + np.r_[vol, frame, len(peers), len(profile.services)])
-    return np.r_[head, local_share, named_share, svc, min(other / n_win, 1.0)].astype(np.float64)
+    services = profile.services
+    svc = [min(services.get(s, 0) / n_win, 1.0) for s in COMMON_SERVICES]
+    other = max((c for s, c in services.items() if s not in COMMON_SERVICES), default=0)
+    return [local_share, named_share, *svc, min(other / n_win, 1.0)]
+
+
+def _vectors(profiles: Sequence[DeviceProfile]) -> F64:
+    """Profile vectors of several devices, one row each (see :func:`profile_vector`)."""
+    if not profiles:
+        return np.zeros((0, len(PROFILE_FEATURES)))
+    shares = np.array([_identity_part(p) for p in profiles], dtype=np.float64)
+    return np.hstack([_volume_head(profiles), shares])
+
+
+def profile_vector(profile: DeviceProfile) -> F64:
+    """Fixed-size, fixed-scale profile vector of one device (columns :data:`PROFILE_FEATURES`)."""
+    return _vectors([profile])[0]
 
 
 def profile_vectors(
@@ -143,16 +179,13 @@ def profile_vectors(
 ) -> tuple[list[str], F64]:
     """(device ids, vectors) of the devices of a baseline with at least ``min_windows`` windows
     (only those in ``devices`` when given)."""
-    ids: list[str] = []
-    rows: list[F64] = []
     keep = set(devices) if devices is not None else None
-    for prof in baseline.profiles:
-        if keep is not None and prof.device_id not in keep:
-            continue
-        if len(prof.windows) >= min_windows:
-            ids.append(prof.device_id)
-            rows.append(profile_vector(prof))
-    return ids, (np.vstack(rows) if rows else np.zeros((0, len(PROFILE_FEATURES))))
+    chosen = [
+        p
+        for p in baseline.profiles
+        if (keep is None or p.device_id in keep) and len(p.windows) >= min_windows
+    ]
+    return [p.device_id for p in chosen], _vectors(chosen)
 
 
 def _ratio(d: float) -> str:

@@ -106,11 +106,16 @@ def _check_inputs(paths: Sequence[str]) -> list[Path]:
 def _run_analysis(args: argparse.Namespace, progress: Progress | None) -> AnalysisResult:
     from iotsentry.pipeline import AnalysisConfig, Analyzer
 
+    workers = int(getattr(args, "workers", 1) or 1)
+    if workers < 1:
+        raise IotSentryError(f"--workers {workers}: expected 1 or more")
     cfg = AnalysisConfig(
         learn_seconds=args.learn_seconds,
         site_id=args.site,
         type_model=_type_model(args),
         living=not getattr(args, "static_baseline", False),
+        workers=workers,
+        ray_address=getattr(args, "ray_address", None),
     )
     return Analyzer(_check_inputs(args.inputs), cfg).run(progress=progress)
 
@@ -341,8 +346,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         def sink(batch: Any, device: Any, scores: Any) -> None:
             nonlocal names
-            assert an.engine is not None
-            ids = an.engine.baseline.device_ids
+            ids = an.device_ids()
             if len(names) != len(ids) + 1:
                 names = np.array([*ids, ""], dtype=object)
             _write_rows(fh, batch.index, batch.ts, names[np.where(device >= 0, device, len(ids))], scores)
@@ -763,6 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--site", default="default")
     a.add_argument("--type-model", help="device-type model from 'iotsentry train --types'")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="spread the devices over N Ray workers (default 1: this process only)",
+    )
+    a.add_argument(
+        "--ray-address",
+        help="join this Ray cluster for the workers ('auto', HEAD:6379; default: a private one here)",
+    )
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=cmd_analyze)
 

@@ -28,6 +28,7 @@ over the devices whose learning has ended.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import numpy.typing as npt
 from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.baseline.identity import device_groups
 from iotsentry.baseline.living import Living, alerted_key, items_of_evidence
-from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings
+from iotsentry.baseline.peer_groups import PeerGroups, peer_group_findings, profile_vectors
 from iotsentry.baseline.profile import Baseline, DeviceProfile, TokenRows
 from iotsentry.baseline.visibility import Visibility
 from iotsentry.capture.appfields import extract_app_events
@@ -71,6 +72,8 @@ NAME_KINDS = frozenset({"token", "domain"})
 LONG_HORIZON = frozenset({"slow_scan", "slow_brute_force", "beacon"})
 """Findings that sum up an hour: everything the device did in that hour is part of them."""
 
+ScoreRows = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]
+"""(stream position, device number, score) of processed packets."""
 ScoreSink = Callable[[PacketBatch, npt.NDArray[np.int32], npt.NDArray[np.float64]], None]
 """Receives (batch, device number per packet, score per packet) for every processed batch."""
 
@@ -217,7 +220,30 @@ class DetectionEngine:
         drift_guard: bool = False,
         living: bool = True,
         learn_until: float | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        if shard is not None and not (0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard {shard[0]} of {shard[1]}: expected 0 <= shard < shards")
+        if shard is not None and not living:
+            raise ValueError("workers need living baselines (their group knowledge is exchanged hourly)")
+        self.shard = shard
+        """``(k, n)``: this engine learns and detects only the devices whose id hashes to ``k`` of
+        ``n`` (:func:`shard_of`); it still follows every packet's time and every device's clock,
+        so its segments, ticks and learning ends fall where a single engine's do."""
+        self.exchange: (
+            Callable[[float, list[npt.NDArray[np.uint64]]], list[npt.NDArray[np.uint64]]] | None
+        ) = None
+        """With ``shard``: called at the first segment of every clock hour with the group knowledge
+        this engine's devices added since the last call; returns what the other workers' devices
+        added (see :mod:`iotsentry.scale`)."""
+        self.score_rows: (
+            list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]] | None
+        ) = None
+        """When a list: (stream positions, device, score) of every processed packet of this
+        engine's devices (and, for shard 0, of packets of no device) are appended to it."""
+        self.peer_snapshot: dict[str, Any] | None = None
+        """With ``shard``: the peer-group vectors of this engine's devices at the first learning
+        end (a driver runs the peer-group check over all workers' vectors)."""
         self.learn_seconds = float(learn_seconds)
         self.learn_until = learn_until
         self.margin = margin
@@ -237,6 +263,11 @@ class DetectionEngine:
         """Application events parsed (DHCP, DNS, mDNS, SSDP, HTTP, TLS)."""
         self.detector = ProfileDetector(self.baseline, labels=[], margin=margin, token_text=self._tokens.text)
         self.living: Living | None = Living(self.baseline) if living else None
+        self.baseline.defer_groups = self.living is not None
+        self._group_hour = -math.inf
+        self._owned = np.zeros(0, dtype=bool)
+        """Per device: learned and judged by this engine (all, without ``shard``)."""
+        self._any_learned = False
         if self.living is not None:
             self.detector.alerted = self.living.alerted
         self.visibility = Visibility()
@@ -273,7 +304,7 @@ class DetectionEngine:
     @property
     def learning(self) -> bool:
         """Whether no device's learning has ended yet."""
-        return not self.baseline.clocks()[2].any()
+        return not (self._any_learned or self.baseline.clocks()[2].any())
 
     @property
     def carried(self) -> int:
@@ -318,7 +349,9 @@ class DetectionEngine:
         self._gateway = gw
         self.index = DeviceIndex(list(self.baseline.device_ids), gw)
         macs, numbers = self.index._macs.tolist(), self.index._mac_idx.tolist()
-        self._of_mac = {int(m): int(i) for m, i in zip(macs, numbers, strict=True)}
+        self._grow()
+        owned = self._owned
+        self._of_mac = {int(m): int(i) for m, i in zip(macs, numbers, strict=True) if owned[i]}
         self.detector.labels = self.labels()
 
     def _grow(self) -> None:
@@ -334,14 +367,25 @@ class DetectionEngine:
             self._named_share = np.append(self._named_share, np.full(n - len(self._named_share), np.nan))
         for i in range(len(self._number), n):
             self._number[self.baseline.device_ids[i]] = i
+        if n > len(self._owned):
+            new = self.baseline.device_ids[len(self._owned) : n]
+            mine = (
+                [True] * len(new)
+                if self.shard is None
+                else [shard_of(d, self.shard[1]) == self.shard[0] for d in new]
+            )
+            self._owned = np.append(self._owned, np.array(mine, dtype=bool))
 
     # -- input -------------------------------------------------------------------------------
-    def ingest(self, batch: PacketBatch) -> EngineOutput:
-        """Take one batch; returns the alerts it raised and the scores of the packets scored."""
+    def ingest(self, batch: PacketBatch, events: list[AppEvent] | None = None) -> EngineOutput:
+        """Take one batch; returns the alerts it raised and the scores of the packets scored.
+        ``events``: the batch's application events when already parsed (else parsed here from
+        the frames whose raw bytes the batch carries)."""
         out = EngineOutput(packets=len(batch))
         if not len(batch):
             return out
-        events = extract_app_events(batch) if batch.raw is not None else []
+        if events is None:
+            events = extract_app_events(batch) if batch.raw is not None else []
         self.app_events += len(events)
         self.tracker.update(batch, events)
         positions = self.packets + np.arange(len(batch), dtype=np.int64)
@@ -401,14 +445,23 @@ class DetectionEngine:
         ctx = packet_context(b, self.index, direction=self.direction.update(b))
         self._start_clocks(b, ctx)
         cuts = self._cuts(float(b.ts[0]), float(b.ts[-1]))
-        if not cuts:
-            self._segment(b, ctx, pos, out)
-            return
-        at = np.searchsorted(b.ts, np.array(cuts), side="left").tolist()
+        at = np.searchsorted(b.ts, np.array(cuts), side="left").tolist() if cuts else []
         start = 0
         for stop in [*at, len(b)]:
             if stop > start:
-                self._segment(b.rows(start, stop), _rows(ctx, start, stop), pos[start:stop], out)
+                whole = start == 0 and stop == len(b)
+                sb = b if whole else b.rows(start, stop)
+                sctx = ctx if whole else _rows(ctx, start, stop)
+                now, last = float(sb.ts[0]), float(sb.ts[-1])
+                if self.shard is not None:  # this worker's devices (shard 0: also no device)
+                    dv = sctx.device
+                    keep = np.flatnonzero(
+                        self._owned[np.maximum(dv, 0)] & (dv >= 0) | ((dv < 0) & (self.shard[0] == 0))
+                    )
+                    sb, sctx = sb.take(keep), _take(sctx, keep)
+                    self._segment(sb, sctx, pos[start:stop][keep], out, now, last)
+                else:
+                    self._segment(sb, sctx, pos[start:stop], out, now, last)
             start = stop
 
     def _cuts(self, t0: float, t1: float) -> list[float]:
@@ -426,13 +479,25 @@ class DetectionEngine:
         return sorted(cuts)
 
     def _segment(
-        self, b: PacketBatch, ctx: PacketContext, pos: npt.NDArray[np.int64], out: EngineOutput
+        self,
+        b: PacketBatch,
+        ctx: PacketContext,
+        pos: npt.NDArray[np.int64],
+        out: EngineOutput,
+        now: float,
+        last: float,
     ) -> None:
-        """Packets between two state changes: finish due devices, tick, learn, detect."""
-        now = float(b.ts[0])
+        """Packets between two state changes (the whole stream's from ``now`` to ``last``; with
+        ``shard`` only this worker's, possibly none): finish due devices, share group knowledge,
+        tick, learn, detect."""
+        mark = len(self.baseline.group_pending)
         self._finish(now, out)
+        if math.floor(now / 3600.0) > self._group_hour:
+            self._share_groups(now, mark)
         if self.living is not None and self.living.due(now) and not self.learning:
             self._tick(math.floor(now / 3600.0) * 3600.0, out)
+        if not len(b):
+            return
         names, name_ts = self.tracker.ip_names, self.tracker.ip_name_ts
         self.visibility.update_packets(b, ctx, len(self.baseline.device_ids))
         self._count_events(pos)
@@ -453,12 +518,14 @@ class DetectionEngine:
         scores = np.zeros(len(b))
         if detect.any():
             dctx = _masked(ctx, detect)
-            scores = self._detect(b, dctx, _token_subset(rows, detect), out)
+            scores = self._detect(b, dctx, _token_subset(rows, detect), out, last)
             out.scored += int(detect.sum())
             out.scores = np.concatenate([out.scores, scores[detect]])
             out.contexts.append((b, dctx))
         if self.score_sink is not None:
             self.score_sink(b, ctx.device, scores)
+        if self.score_rows is not None:
+            self.score_rows.append((pos, ctx.device, scores))
         seen = ctx.device >= 0
         if seen.any():
             np.maximum.at(self._last_seen, ctx.device[seen], b.ts[seen])
@@ -488,7 +555,11 @@ class DetectionEngine:
 
     def _finish(self, now: float, out: EngineOutput) -> None:
         """End the learning of the devices whose period is over at ``now`` (stream time)."""
-        due = self.baseline.due(now)
+        self._grow()
+        _, ends, active = self.baseline.clocks()
+        due: list[int] = np.flatnonzero(~active & (ends <= now) & self._owned[: len(ends)]).tolist()
+        if not self._any_learned and len(ends) and bool((ends <= now).any()):
+            self._any_learned = True  # some device's learning ended (here or on another worker)
         if due:
             by_id = self._by_id
             for i in due:
@@ -505,15 +576,46 @@ class DetectionEngine:
         if not self._groups_done and now >= self.t_end and not self.learning:
             self._groups_done = True
             out.learned = True
-            out.alerts += self._peer_groups()
+            if self.shard is None:
+                out.alerts += self._peer_groups()
+            else:
+                ids, X = profile_vectors(
+                    self.baseline, min_windows=PEER_MIN_WINDOWS, devices=self._peer_devices()
+                )
+                num, labels = self._number, self.labels()
+                self.peer_snapshot = {
+                    "ids": ids,
+                    "vectors": X,
+                    "numbers": [num[d] for d in ids],
+                    "labels": {d: labels[num[d]] for d in ids},
+                    "last_ts": {d: self.baseline.profiles[num[d]].last_ts for d in ids},
+                }
+
+    def _peer_devices(self) -> list[str]:
+        """Devices of the peer-group check: learning ended by the first learning end."""
+        return [
+            p.device_id
+            for i, p in enumerate(self.baseline.profiles)
+            if p.active and p.learn_end <= self.t_end and self._owned[i]
+        ]
+
+    def _share_groups(self, now: float, mark: int) -> None:
+        """At the first segment of a clock hour: what devices added to their groups' knowledge
+        before this segment joins it (also from the other workers' devices, with ``shard``)."""
+        self._group_hour = math.floor(now / 3600.0)
+        pending = self.baseline.group_pending
+        others: list[npt.NDArray[np.uint64]] = []
+        if self.exchange is not None:
+            others = self.exchange(now, pending[:mark])
+        self.baseline.apply_group_pending(mark, others)
 
     def _detect(
-        self, b: PacketBatch, ctx: PacketContext, rows: TokenRows, out: EngineOutput
+        self, b: PacketBatch, ctx: PacketContext, rows: TokenRows, out: EngineOutput, last: float
     ) -> npt.NDArray[np.float64]:
         det = self.detector
         names = self.tracker.ip_names
         scores, table, wscores = det.evaluate(b, ctx, names, rows, self.tracker.ip_name_ts)
-        found = det.findings(b, ctx, table, wscores) + det.schedule_findings(b, ctx, names, -math.inf)
+        found = det.findings(b, ctx, table, wscores) + det.schedule_findings(b, ctx, names, -math.inf, last)
         found.sort(key=lambda f: f.ts)  # the earliest crossing names the alert a repeat folds into
         if self.living is not None and det.identity is not None:
             self.living.observe_batch(b, ctx, det.identity, names, det._new_token, self._tokens.text)
@@ -697,7 +799,7 @@ class DetectionEngine:
         labels = self.labels()
         label_of = dict(zip(baseline.device_ids, labels, strict=False))
         out: list[Alert] = []
-        active = [p.device_id for p in baseline.profiles if p.active and p.learn_end <= self.t_end]
+        active = self._peer_devices()
         found = peer_group_findings(
             baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups(), devices=active
         )
@@ -718,6 +820,18 @@ class DetectionEngine:
         return out
 
     # -- results -----------------------------------------------------------------------------
+    def owned_ids(self) -> set[str]:
+        """Ids of the devices this engine learns and judges (all, without ``shard``)."""
+        self._grow()
+        return {d for d, mine in zip(self.baseline.device_ids, self._owned.tolist(), strict=True) if mine}
+
+    def peer_vectors(self, min_windows: int = PEER_MIN_WINDOWS) -> tuple[list[str], npt.NDArray[np.float64]]:
+        """Peer-group profile vectors of this engine's devices whose learning ended."""
+        self._grow()
+        active = self.baseline.clocks()[2]
+        ids = [d for i, d in enumerate(self.baseline.device_ids) if active[i] and self._owned[i]]
+        return profile_vectors(self.baseline, min_windows=min_windows, devices=ids)
+
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The profiles of devices whose learning ended, JSON-ready (limits, maturity, schedules)."""
         det = self.detector
@@ -756,6 +870,27 @@ class _YoungKinds(Mapping[int, frozenset[str]]):
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._code))
+
+
+def shard_of(device_id: str, shards: int) -> int:
+    """The worker (of ``shards``) that learns and judges a device: a stable hash of its id."""
+    return zlib.crc32(device_id.encode()) % shards
+
+
+def _take(ctx: PacketContext, rows: npt.NDArray[np.int64]) -> PacketContext:
+    """Rows ``rows`` of a context (copies)."""
+    return PacketContext(
+        device=ctx.device[rows],
+        outbound=ctx.outbound[rows],
+        peer_hi=ctx.peer_hi[rows],
+        peer_lo=ctx.peer_lo[rows],
+        service=ctx.service[rows],
+        proto=ctx.proto[rows],
+        initiation=ctx.initiation[rows],
+        syn_only=ctx.syn_only[rows],
+        window=ctx.window[rows],
+        certain=ctx.certain[rows] if ctx.certain is not None else None,
+    )
 
 
 def _rows(ctx: PacketContext, start: int, stop: int) -> PacketContext:

@@ -23,23 +23,27 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from iotsentry.alerts.incidents import Incident, IncidentBook
-from iotsentry.baseline.peer_groups import PeerGroups, profile_vectors
+from iotsentry.baseline.peer_groups import PeerGroups
 from iotsentry.baseline.profile import Baseline, TokenRows
 from iotsentry.capture.appfields import extract_app_events, keep_raw_for_app_fields
 from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.reader import read_packets, read_timestamps
 from iotsentry.engine import PEER_MIN_WINDOWS, DetectionEngine, finding_alert
+from iotsentry.errors import IotSentryError
 from iotsentry.features.app_tokens import TokenLog
 from iotsentry.features.device_context import WINDOW_S, DeviceIndex
 from iotsentry.features.flowmeter import FlowMeter
 from iotsentry.inventory.devices import DeviceTracker
 from iotsentry.schema import Alert, Device, PacketBatch
+
+if TYPE_CHECKING:
+    from iotsentry.scale import ShardedEngine
 
 __all__ = [
     "PEER_MIN_WINDOWS",
@@ -77,6 +81,10 @@ class AnalysisConfig:
     during learning grow too (docs/results.md Q6)."""
     living: bool = True
     """Absorb persistent, unalerted behaviour after learning (:mod:`~iotsentry.baseline.living`)."""
+    workers: int = 1
+    """Ray workers the devices are spread over (:mod:`iotsentry.scale`); 1: this process only."""
+    ray_address: str | None = None
+    """A Ray cluster to join (``auto``, ``host:6379``); default a private one on this machine."""
     global_deadline: bool = False
     """No device learns past the first learning end (``learn_seconds`` after the capture's first
     packet), whatever its own clock: the protocol of infection-replay evaluations and of
@@ -157,6 +165,7 @@ class Analyzer:
         """The engine of the last :meth:`run`."""
         self.tokens = TokenLog()
         self._type_model: Any = None
+        self._sharded: ShardedEngine | None = None
         self._time_sorted = True
         """Whether every packet came no earlier than the one before (merged captures may not)."""
 
@@ -268,14 +277,30 @@ class Analyzer:
         span = self.last_ts - self.first_ts if math.isfinite(self.first_ts) else 0.0
         secs = cfg.learn_seconds if cfg.learn_seconds is not None else max(0.0, span * cfg.learn_fraction)
         until = self.first_ts + secs if cfg.global_deadline and math.isfinite(self.first_ts) else None
-        engine = DetectionEngine(
-            secs,
-            site_id=cfg.site_id,
-            margin=cfg.margin,
-            drift_guard=cfg.drift_guard,
-            living=cfg.living,
-            learn_until=until,
-        )
+        engine: DetectionEngine | ShardedEngine
+        if cfg.workers > 1:
+            from iotsentry.scale import ShardedEngine
+
+            if not cfg.living:
+                raise IotSentryError("--workers needs living baselines (leave out --static-baseline)")
+            engine = ShardedEngine(
+                cfg.workers,
+                secs,
+                site_id=cfg.site_id,
+                margin=cfg.margin,
+                drift_guard=cfg.drift_guard,
+                learn_until=until,
+                ray_address=cfg.ray_address,
+            )
+        else:
+            engine = DetectionEngine(
+                secs,
+                site_id=cfg.site_id,
+                margin=cfg.margin,
+                drift_guard=cfg.drift_guard,
+                living=cfg.living,
+                learn_until=until,
+            )
         timeline = _Timeline()
 
         def sink(b: PacketBatch, device: npt.NDArray[np.int32], scores: npt.NDArray[np.float64]) -> None:
@@ -284,7 +309,8 @@ class Analyzer:
                 score_sink(b, device, scores)
 
         engine.score_sink = sink
-        self.engine = engine
+        self.engine = engine if isinstance(engine, DetectionEngine) else None
+        self._sharded = engine if not isinstance(engine, DetectionEngine) else None
         meter = FlowMeter()
         n_flows = 0
         done = 0
@@ -305,16 +331,31 @@ class Analyzer:
                 progress("analysis", done)
         absorbed += engine.flush().absorbed
         n_flows += len(meter.flush())
-        self.engine = engine
-        self.baseline = engine.baseline
-        self.tracker = engine.tracker
-        self.tokens.text.update(engine._tokens.text)
-        self.app_events = engine.app_events
-        devices = self._typed(engine.devices())
+        if isinstance(engine, DetectionEngine):
+            self.baseline = engine.baseline
+            self.tracker = engine.tracker
+            self.tokens.text.update(engine._tokens.text)
+            self.app_events = engine.app_events
+            raw_devices, device_ids = engine.devices(), engine.baseline.device_ids
+            alerts, baselines = engine.policy.alerts(), engine.baselines()
+            t_end, suppressed, notices = engine.t_end, engine.policy.suppressed, engine.policy.notices
+            visibility = engine.visibility.site()
+            groups = self._group_summary(*engine.peer_vectors())
+        else:
+            try:
+                view = engine.result()
+            finally:
+                engine.close()
+            self.tokens.text.update(view.token_text)
+            self.app_events = view.app_events
+            raw_devices, device_ids = view.devices, view.device_ids
+            alerts, baselines, visibility = view.alerts, view.baselines, view.visibility
+            t_end, suppressed, notices = view.t_end, view.suppressed, view.notices
+            groups = self._group_summary(view.peer_ids, view.peer_vectors)
+        devices = self._typed(raw_devices)
         self.devices = devices
         gw = next((d.device_id for d in devices if d.is_gateway), None)
-        groups = self._group_summary(engine.baseline)
-        timelines = timeline.result(engine.baseline.device_ids)
+        timelines = timeline.result(device_ids)
         stats = {
             "packets": self.packets,
             "flows": n_flows,
@@ -322,22 +363,28 @@ class Analyzer:
             "devices": len(devices),
             "first_ts": self.first_ts if math.isfinite(self.first_ts) else None,
             "last_ts": self.last_ts if math.isfinite(self.last_ts) else None,
-            "learn_end": engine.t_end if math.isfinite(engine.t_end) else self.learn_end(),
+            "learn_end": t_end if math.isfinite(t_end) else self.learn_end(),
             "learn_seconds": secs,
             "gateway": gw,
-            "alerts_suppressed": engine.policy.suppressed,
+            "alerts_suppressed": suppressed,
             "absorbed": len(absorbed),
-            "visibility": engine.visibility.site(),
+            "visibility": visibility,
+            "workers": cfg.workers,
         }
-        alerts = engine.policy.alerts()
         book = IncidentBook()
         _, to_sinks = book.fold_many(alerts)
         incidents = book.incidents()
         stats["incidents"] = len(incidents)
-        stats["notices"] = engine.policy.notices
+        stats["notices"] = notices
         return AnalysisResult(
-            devices, alerts, engine.baselines(), timelines, stats, groups, absorbed, incidents, list(to_sinks)
+            devices, alerts, baselines, timelines, stats, groups, absorbed, incidents, list(to_sinks)
         )
+
+    def device_ids(self) -> list[str]:
+        """Device ids by device number, as the score sink's device numbers count them (so far)."""
+        if self.engine is not None:
+            return self.engine.baseline.device_ids
+        return self._sharded.device_ids if self._sharded is not None else []
 
     def _time_ordered(self, batches: Iterator[PacketBatch]) -> Iterator[PacketBatch]:
         """The input in time order: as it is when the inventory pass found it so, else sorted in
@@ -359,10 +406,8 @@ class Analyzer:
             yield whole.take(order[i : i + self.config.batch_size])
 
     @staticmethod
-    def _group_summary(baseline: Baseline) -> list[dict[str, Any]]:
+    def _group_summary(ids: list[str], X: npt.NDArray[np.float64]) -> list[dict[str, Any]]:
         """The peer groups of the devices whose learning ended (the engine alerts on outliers)."""
-        active = [p.device_id for p in baseline.profiles if p.active]
-        ids, X = profile_vectors(baseline, min_windows=PEER_MIN_WINDOWS, devices=active)
         if len(ids) < 3:
             return []
         return PeerGroups().fit(ids, X).group_summary()

@@ -211,8 +211,9 @@ class AlertPolicy:
         return alert
 
     def alerts(self) -> list[Alert]:
-        """The kept alerts in time order (ties in creation order)."""
-        return sorted(self._kept, key=lambda a: a.timestamp)
+        """The kept alerts in time order (ties: by device, then in creation order -- the order a
+        device's alerts take is the same whether one engine or several workers made them)."""
+        return sorted(self._kept, key=lambda a: (a.timestamp, a.device_id))
 
 
 def integrity_alert(

@@ -20,6 +20,7 @@ behaviour that persisted without being alerted, or that an operator marked expec
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,12 @@ class Baseline:
         domains, bare-IP services, high-UDP networks."""
         self.group_known = KeySet()
         """The same keys owned by groups (the union of their active members' knowledge)."""
+        self.defer_groups = False
+        """Queue what a device adds to its groups' knowledge (learning end, absorption) in
+        :attr:`group_pending` instead of adding it at once; the caller applies it
+        (:meth:`apply_group_pending`) at points of its choosing -- the detection engine: at the
+        next clock hour, the same points in one process and across workers."""
+        self.group_pending: list[npt.NDArray[np.uint64]] = []
         self.drift_guard = False
         """Refuse bare-IP peers that ramp up while learning (:mod:`~iotsentry.baseline.ramp_guard`)."""
         self._guard = RampGuard()
@@ -378,18 +385,29 @@ class Baseline:
             return 0
         if kind == "dom":
             vals = [ident.domain_hash(x) for x in items]
-            return into.add(ident.key("dom", owner, np.array(vals, np.uint64)))
-        if kind == "bare":
+            keys = ident.key("dom", owner, np.array(vals, np.uint64))
+        elif kind == "bare":
             pp = [_service_parts(x) for x in items]
-            return into.add(
-                ident.key(
-                    "bare",
-                    owner,
-                    np.array([a for a, _ in pp], np.uint64),
-                    np.array([b for _, b in pp], np.uint64),
-                )
-            )
-        return into.add(ident.key(kind, owner, *_addr_cols(items)))
+            protos, ports = np.array([a for a, _ in pp], np.uint64), np.array([b for _, b in pp], np.uint64)
+            keys = ident.key("bare", owner, protos, ports)
+        else:
+            keys = ident.key(kind, owner, *_addr_cols(items))
+        if into is self.group_known and self.defer_groups:
+            self.group_pending.append(np.asarray(keys, dtype=np.uint64))
+            return 0
+        return into.add(keys)
+
+    def apply_group_pending(
+        self, upto: int | None = None, more: Sequence[npt.NDArray[np.uint64]] = ()
+    ) -> int:
+        """Add the first ``upto`` (default: all) pending group-knowledge key arrays, and ``more``
+        (other workers' pending keys), to the groups' knowledge; returns how many keys were new."""
+        upto = len(self.group_pending) if upto is None else upto
+        take, self.group_pending = self.group_pending[:upto], self.group_pending[upto:]
+        arrays = [*take, *more]
+        if not arrays:
+            return 0
+        return self.group_known.add(np.concatenate(arrays))
 
     def group_owners(self) -> npt.NDArray[np.uint64]:
         """(devices, 2) owner numbers of each device's first two groups (0 = none)."""
@@ -1008,11 +1026,15 @@ class Baseline:
             self._add_items(d, "high", p.high_networks)
 
     def rebuild_groups(self) -> None:
-        """Recompute every group's knowledge from its active members' baselines."""
+        """Recompute every group's knowledge from its active members' baselines (at once, also
+        when group knowledge is deferred)."""
         self.group_known = KeySet()
+        defer, self.defer_groups = self.defer_groups, False
         for d, p in enumerate(self.profiles):
             if p.active:
                 self._share(d)
+        self.defer_groups = defer
+        self.group_pending = []
 
 
 def net_label(hi: int, lo: int) -> str:

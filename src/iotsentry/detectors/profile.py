@@ -1031,9 +1031,15 @@ class ProfileDetector:
         )
 
     def schedule_findings(
-        self, batch: PacketBatch, ctx: PacketContext, ip_names: dict[str, str], detect_from: float
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        detect_from: float,
+        last: float | None = None,
     ) -> list[Finding]:
-        """New beacons and broken schedules seen in the batch last passed to :meth:`evaluate`."""
+        """New beacons and broken schedules seen in the batch last passed to :meth:`evaluate`;
+        schedules are checked for breaks at ``last`` (default: the batch's last packet time)."""
         keys, rows = self._starts
         sel = batch.ts[rows] >= detect_from
         keys, rows, known = keys[sel], rows[sel], self._starts_known[sel]
@@ -1070,9 +1076,10 @@ class ProfileDetector:
                     values={"period_s": period, "count": float(len(getattr(s, "times", [])))},
                 )
             )
-        if len(batch) and batch.ts[-1] >= detect_from:
+        end = float(batch.ts[-1]) if last is None and len(batch) else last
+        if len(batch) and end is not None and end >= detect_from:
             active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
-            for _kind, t, sch in per.broken(float(batch.ts[-1]), active):
+            for _kind, t, sch in per.broken(end, active):
                 d = sch.device
                 label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
                 out.append(

@@ -36,7 +36,7 @@ from iotsentry.baseline.visibility import Visibility
 from iotsentry.detectors.profile import ProfileDetector
 from iotsentry.engine import MAX_TOKEN_TEXTS, DetectionEngine, EngineOutput, offline_after
 from iotsentry.features.device_context import DeviceIndex
-from iotsentry.schema import PROTO_NAMES, Alert, FlowBatch, PacketBatch, ip_to_str
+from iotsentry.schema import PROTO_NAMES, Alert, AppEvent, FlowBatch, PacketBatch, ip_to_str
 
 __all__ = ["EngineOutput", "FlowModelRunner", "StreamEngine", "load_flow_model_verified"]
 
@@ -145,13 +145,13 @@ class StreamEngine(DetectionEngine):
         self._resume_pending = False
 
     # -- input -------------------------------------------------------------------------------
-    def ingest(self, batch: PacketBatch | FlowBatch) -> EngineOutput:
+    def ingest(self, batch: PacketBatch | FlowBatch, events: list[AppEvent] | None = None) -> EngineOutput:
         """Take one batch; returns the alerts it raised and the scores of the packets scored."""
         if isinstance(batch, FlowBatch):
             return self._flows(batch)
         if self._resume_pending and len(batch):
             self._resume_schedules(float(batch.ts.min()))
-        out = super().ingest(batch)
+        out = super().ingest(batch, events)
         self._maybe_snapshot()
         return out
 
@@ -240,6 +240,7 @@ class StreamEngine(DetectionEngine):
         self.baseline = baseline
         self.detector = detector
         self.living = Living(baseline) if self.living is not None else None
+        baseline.defer_groups = self.living is not None
         if self.living is not None:
             detector.alerted = self.living.alerted
         self.visibility = visibility

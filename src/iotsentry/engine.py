@@ -804,7 +804,7 @@ class DetectionEngine:
             baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups(), devices=active
         )
         for f in found:
-            prof = baseline.profiles[baseline.device_ids.index(f["device_id"])]
+            prof = baseline.profiles[self._number[f["device_id"]]]
             a = self.policy.make(
                 ts=prof.last_ts,
                 device_id=f["device_id"],

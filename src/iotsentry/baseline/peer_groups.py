@@ -57,6 +57,7 @@ __all__ = [
     "peer_group_findings",
     "profile_vector",
     "profile_vectors",
+    "vector_findings",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -704,6 +705,16 @@ def peer_group_findings(
         ``threshold`` (1.0), ``distance``, ``group_size``.
     """
     ids, X = profile_vectors(baseline, min_windows=min_windows, devices=devices)
+    return vector_findings(ids, X, labels, groups)
+
+
+def vector_findings(
+    ids: Sequence[str],
+    X: F64,
+    labels: Mapping[str, str] | None = None,
+    groups: PeerGroups | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`peer_group_findings` of precomputed profile vectors (e.g. gathered from workers)."""
     if len(ids) < 3:
         return []
     pg = (groups or PeerGroups()).fit(ids, X)

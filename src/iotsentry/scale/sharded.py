@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
-from iotsentry.baseline.peer_groups import PeerGroups
+from iotsentry.baseline.peer_groups import PeerGroups, vector_findings
 from iotsentry.capture.appfields import extract_app_events
 from iotsentry.engine import EngineOutput, ScoreSink
 from iotsentry.schema import Alert, Device, PacketBatch
@@ -197,19 +197,18 @@ class ShardedEngine:
         order = np.argsort(np.array(numbers), kind="stable")
         ids = [ids[i] for i in order.tolist()]
         X = np.vstack(rows)[order]
-        pg = PeerGroups().fit(ids, X)
-        scores = dict(zip(pg.device_ids_.tolist(), pg.scores().tolist(), strict=True))
         out: list[Alert] = []
-        for dev, _g, _d, reason in pg.outliers(labels):
+        for f in vector_findings(ids, X, labels, PeerGroups()):
+            dev = str(f["device_id"])
             a = self.policy.make(
                 ts=last_ts[dev],
                 device_id=dev,
                 detector="peer-groups",
                 detector_version="1",
-                score=float(scores[dev]),
-                threshold=1.0,
+                score=float(f["score"]),
+                threshold=float(f["threshold"]),
                 category="peer-outlier",
-                reason=str(reason),
+                reason=str(f["reason"]),
             )
             if a is not None:
                 out.append(a)

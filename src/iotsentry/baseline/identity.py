@@ -96,6 +96,7 @@ def registered_domain(name: str) -> str:
     return str(got) if got else n
 
 
+@lru_cache(maxsize=65536)
 def domain_hash(name: str) -> int:
     """A stable 63-bit hash of the registrable domain of ``name`` (0 for an empty name)."""
     from iotsentry.features.app_tokens import token_hash

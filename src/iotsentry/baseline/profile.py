@@ -32,6 +32,7 @@ from iotsentry.baseline.keysets import CountTable, KeySet
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
 from iotsentry.baseline.ramp_guard import RampGuard
+from iotsentry.features import _identity_kernels as RK
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import WINDOW_S, PacketContext
@@ -205,6 +206,35 @@ class Identity:
     """UDP between two unprivileged ports."""
     high_known: npt.NDArray[np.bool_]
     """... with a network (a local address) the device or its groups exchanged such UDP with."""
+    net_hi: npt.NDArray[np.uint64] | None = None
+    net_lo: npt.NDArray[np.uint64] | None = None
+    """The peer's network (:func:`~iotsentry.baseline.identity.network_of`) as (hi, lo) halves."""
+
+
+@dataclass
+class _Remote:
+    """Address facts of a batch's packets (:func:`~iotsentry.features._identity_kernels.remote_basics`)."""
+
+    local: npt.NDArray[np.bool_]
+    valid: npt.NDArray[np.bool_]
+    high: npt.NDArray[np.bool_]
+    net_hi: npt.NDArray[np.uint64]
+    net_lo: npt.NDArray[np.uint64]
+    cand: npt.NDArray[np.int64]
+    """Rows of a device whose peer is remote (they may have a DNS name) ..."""
+    peer_of_cand: npt.NDArray[np.int64]
+    """... the number of their distinct peer ..."""
+    peer_hi: npt.NDArray[np.uint64]
+    peer_lo: npt.NDArray[np.uint64]
+    """... and the distinct peers' halves."""
+
+
+def _remote(batch: PacketBatch, ctx: PacketContext) -> _Remote:
+    return _Remote(
+        *RK.remote_basics(
+            ctx.device, batch.ip_version, ctx.peer_hi, ctx.peer_lo, ctx.proto, batch.src_port, batch.dst_port
+        )
+    )
 
 
 _Clocks = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]
@@ -473,53 +503,79 @@ class Baseline:
         name_ts: dict[str, float] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
         """As :meth:`named` (without folding local into the first), plus the candidate rows."""
-        n = len(ctx)
+        rem = _remote(batch, ctx)
+        has_name, name_known, named, dom = self._names_of(batch, rem, ctx.device, ip_names, name_ts)
+        rows = np.flatnonzero(named)
+        if len(rows):
+            # the registrable domain of the name, known to the device or one of its groups
+            dev = ctx.device[rows].astype(np.uint64)
+            hit = self.known.contains(ident.key("dom", dev, dom[rows]))
+            owners = self.group_owners()
+            if len(owners) and owners.any() and len(self.group_known):
+                g = owners[ctx.device[rows]]
+                for j in range(2):
+                    has_g = g[:, j] != 0
+                    hit |= has_g & self.group_known.contains(ident.key("dom", g[:, j], dom[rows]))
+            name_known[rows] |= hit
+        return has_name, name_known, rem.local, rem.cand
+
+    def _names_of(
+        self,
+        batch: PacketBatch,
+        rem: _Remote,
+        device: npt.NDArray[np.int32],
+        ip_names: dict[str, str],
+        name_ts: dict[str, float] | None,
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.uint64]]:
+        """Per packet: (peer reached through a DNS name, that name is one the device learned,
+        the packet has a name (its domain is to be looked up), the domain hash of its name).
+
+        With ``name_ts`` (address -> when its name was first seen), a name counts only for the
+        packets at or after that time, so the verdict does not depend on how the stream is cut.
+        """
+        n = len(device)
         has_name = np.zeros(n, dtype=bool)
         name_known = np.zeros(n, dtype=bool)
-        local = is_local(ctx.peer_hi, ctx.peer_lo) | is_multicast(ctx.peer_hi, ctx.peer_lo)
-        local |= batch.ip_version == 0
-        cand = np.flatnonzero(~local & (ctx.device >= 0))
-        if len(cand) and ip_names:
-            inv, uhi, ulo, _ = K.intern(ctx.peer_hi[cand], ctx.peer_lo[cand], True)
-            names = _ip_names(uhi, ulo, ip_names, via_table=len(uhi) > len(ip_names))
-            number: dict[str, int] = {}
-            ip_name = np.array([number.setdefault(s, len(number)) if s else -1 for s in names], np.int64)
-            pkt_name = ip_name[inv]
-            if name_ts:
-                since = np.array(
-                    [
-                        name_ts.get(ip_to_str(h, x), -np.inf) if s else np.inf
-                        for h, x, s in zip(uhi.tolist(), ulo.tolist(), names, strict=True)
-                    ]
-                )
-                pkt_name = np.where(batch.ts[cand] >= since[inv], pkt_name, -1)
-            has_name[cand] = pkt_name >= 0
+        named = np.zeros(n, dtype=bool)
+        dom = np.zeros(n, dtype=np.uint64)
+        cand = rem.cand
+        if not len(cand) or not ip_names:
+            return has_name, name_known, named, dom
+        uhi, ulo, inv = rem.peer_hi, rem.peer_lo, rem.peer_of_cand
+        names = _ip_names(uhi, ulo, ip_names, via_table=len(uhi) > len(ip_names))
+        number: dict[str, int] = {}
+        ip_name = np.array([number.setdefault(s, len(number)) if s else -1 for s in names], np.int64)
+        pkt_name = ip_name[inv]
+        if name_ts:
+            since = np.array(
+                [
+                    name_ts.get(ip_to_str(h, x), -np.inf) if s else np.inf
+                    for h, x, s in zip(uhi.tolist(), ulo.tolist(), names, strict=True)
+                ]
+            )
+            pkt_name = np.where(batch.ts[cand] >= since[inv], pkt_name, -1)
+        ok = pkt_name >= 0
+        has_name[cand] = ok
+        okr = np.flatnonzero(ok)
+        if not len(okr):
+            return has_name, name_known, named, dom
+        rows = cand[okr]
+        names_of_rows = pkt_name[okr]
+        if self._names:
             # the (device, name) pairs of this batch, each checked against the device's names
-            ok = np.flatnonzero(pkt_name >= 0)
-            if len(ok) and self._names:
-                texts = list(number)
-                code = ctx.device[cand[ok]].astype(np.int64) * len(texts) + pkt_name[ok]
-                u, inv_u = np.unique(code, return_inverse=True)
-                learned = self._names
-                nt = len(texts)
-                hit_u = np.array([texts[c % nt] in learned.get(c // nt, ()) for c in u.tolist()], dtype=bool)
-                name_known[cand[ok]] = hit_u[inv_u]
-            # the registrable domain of the name, known to the device or one of its groups
-            if number:
-                dom = np.zeros(len(number), np.uint64)
-                for s, k in number.items():
-                    dom[k] = ident.domain_hash(s)
-                pdom = np.where(pkt_name >= 0, dom[np.maximum(pkt_name, 0)], np.uint64(0))
-                dev = ctx.device[cand].astype(np.uint64)
-                hit = self.known.contains(ident.key("dom", dev, pdom))
-                owners = self.group_owners()
-                if len(owners) and owners.any() and len(self.group_known):
-                    g = owners[ctx.device[cand]]
-                    for j in range(2):
-                        has_g = g[:, j] != 0
-                        hit |= has_g & self.group_known.contains(ident.key("dom", g[:, j], pdom))
-                name_known[cand] |= hit & (pkt_name >= 0)
-        return has_name, name_known, local, cand
+            texts = list(number)
+            nt = len(texts)
+            code = device[rows].astype(np.int64) * nt + names_of_rows
+            inv_u, u, _, _ = K.intern(code.view(np.uint64), code.view(np.uint64), False)
+            learned = self._names
+            hit_u = np.array(
+                [texts[c % nt] in learned.get(c // nt, ()) for c in u.view(np.int64).tolist()], dtype=bool
+            )
+            name_known[rows] = hit_u[inv_u]
+        dh = np.array([ident.domain_hash(s) for s in number], np.uint64)
+        named[rows] = True
+        dom[rows] = dh[names_of_rows]
+        return has_name, name_known, named, dom
 
     def identity(
         self,
@@ -528,70 +584,65 @@ class Baseline:
         ip_names: dict[str, str],
         name_ts: dict[str, float] | None = None,
     ) -> Identity:
-        """What the baseline knows of every packet's remote (see :class:`Identity`)."""
-        n = len(ctx)
-        valid = (ctx.device >= 0) & (batch.ip_version > 0)
-        pw = self.peer_windows(ctx)
-        sw = self.service_windows(ctx)
-        has_name, name_known, local, _ = self._named(batch, ctx, ip_names, name_ts)
-        net_known = np.zeros(n, dtype=bool)
-        group_known = np.zeros(n, dtype=bool)
-        bare_svc = np.zeros(n, dtype=bool)
-        high = ident.is_high_udp(ctx.proto, batch.src_port, batch.dst_port) & valid
-        high_known = np.zeros(n, dtype=bool)
-        if len(self.known) or len(self.group_known):
-            dev = ctx.device.astype(np.int64)
-            rows = np.flatnonzero(valid)
-            if len(rows):
-                d = dev[rows].astype(np.uint64)
-                nhi, nlo = ident.network_of(ctx.peer_hi[rows], ctx.peer_lo[rows])
-                loc = local[rows]
-                # local peers are known by their address, remote ones by their network
-                hhi = np.where(loc, ctx.peer_hi[rows], nhi)
-                hlo = np.where(loc, ctx.peer_lo[rows], nlo)
-                net_known[rows] = ~loc & self.known.contains(ident.key("net", d, nhi, nlo))
-                bare_svc[rows] = ~loc & self.known.contains(
-                    ident.key("bare", d, ctx.proto[rows], ctx.service[rows])
-                )
-                hk = high[rows] & self.known.contains(ident.key("high", d, hhi, hlo))
-                owners = self.group_owners()
-                if len(owners) and owners.any() and len(self.group_known):
-                    g = owners[dev[rows]]
-                    for j in range(2):
-                        gj = g[:, j]
-                        has_g = gj != 0
-                        if not has_g.any():
-                            continue
-                        gk = self.group_known
-                        group_known[rows] |= has_g & ~loc & gk.contains(ident.key("net", gj, nhi, nlo))
-                        hk |= has_g & high[rows] & gk.contains(ident.key("high", gj, hhi, hlo))
-                        bare_svc[rows] |= (
-                            has_g
-                            & ~loc
-                            & gk.contains(ident.key("bare", gj, ctx.proto[rows], ctx.service[rows]))
-                        )
-                high_known[rows] = hk
-        known_peer = (pw > 0) | name_known | net_known | group_known | local | ~valid
-        # another address of a service the device reaches by bare IP -- unless a name says who
-        # it is: an unknown name is a new peer, whatever its port
-        churn = ~known_peer & bare_svc & ~has_name
-        # UDP between two unprivileged ports with a network the device (or its group) already
-        # exchanged such UDP with: peer-to-peer ports change every session
-        known_service = (sw > 0) | high_known | ~valid
+        """What the baseline knows of every packet's remote (see :class:`Identity`).
+
+        Two kernel passes (:mod:`~iotsentry.features._identity_kernels`) and one lookup per key
+        set with the batch's distinct keys; Python only maps the distinct peers to their names.
+        """
+        rem = _remote(batch, ctx)
+        has_name, name_known, named, dom = self._names_of(batch, rem, ctx.device, ip_names, name_ts)
+        slots, qd, qg, pinv, upk, sinv, usk = RK.remote_queries(
+            ctx.device,
+            rem.valid,
+            rem.local,
+            rem.high,
+            ctx.peer_hi,
+            ctx.peer_lo,
+            rem.net_hi,
+            rem.net_lo,
+            ctx.proto,
+            ctx.service,
+            named,
+            dom,
+            self.group_owners(),
+        )
+        hit_d = self.known.contains(qd) if len(qd) else np.zeros(0, dtype=bool)
+        hit_g = (
+            self.group_known.contains(qg) if len(qg) and len(self.group_known) else np.zeros(len(qg), bool)
+        )
+        pw, sw, net_known, group_known, high_known, known_peer, churn, known_service, has_name_or_local = (
+            RK.remote_verdicts(
+                rem.valid,
+                rem.local,
+                rem.high,
+                named,
+                slots,
+                hit_d,
+                hit_g,
+                pinv,
+                self._peer_win.lookup(upk),
+                sinv,
+                self._svc_win.lookup(usk),
+                has_name,
+                name_known,
+            )
+        )
         return Identity(
-            valid=valid,
-            local=local,
+            valid=rem.valid,
+            local=rem.local,
             peer_windows=pw,
             service_windows=sw,
-            has_name=has_name | local,
+            has_name=has_name_or_local,
             name_known=name_known,
             net_known=net_known,
             group_known=group_known,
             known_peer=known_peer,
             churn=churn,
             known_service=known_service,
-            high_udp=high,
+            high_udp=rem.high,
             high_known=high_known,
+            net_hi=rem.net_hi,
+            net_lo=rem.net_lo,
         )
 
     def new_tokens(

@@ -37,6 +37,7 @@ from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
 from iotsentry.baseline.profile import Baseline, DeviceProfile, Identity, TokenRows, service_label
 from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
 from iotsentry.detectors.base import Detector, register
+from iotsentry.features import _profile_kernels as PK
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local
 from iotsentry.features.device_context import WINDOW_S, PacketContext
@@ -538,35 +539,53 @@ class ProfileDetector:
         tokens: TokenRows | None = None,
         name_ts: dict[str, float] | None = None,
     ) -> tuple[npt.NDArray[np.float64], WindowTable, npt.NDArray[np.float64]]:
-        """Score a batch: (per-packet scores, window table, per-window scores)."""
+        """Score a batch: (per-packet scores, window table, per-window scores).
+
+        The per-packet rules run in the kernels of :mod:`~iotsentry.features._profile_kernels`
+        (see there); the reasoning, rule by rule:
+
+        * remote novelty is judged only for devices whose baseline holds remote peers;
+        * a bare IP is evidence only where the device's names are observable and it uses them
+          ... and where a missing name is no evidence, a TCP connection to a new network on a
+          service the device never used still is (the shape of a bot's command channel),
+          counted once the device keeps the channel up (:meth:`_sustained`);
+        * a device "contacts" a new host when it opens the conversation: closing a connection
+          opened before it was watched, or answering a host that reached it, is not contacting;
+        * the per-packet score is the novelty of the peer and service for this device (a peer
+          known by its name, network or group, or another server of a bare-IP service the
+          device uses, counts as half-known; a service the identity rules know likewise), plus
+          the device-window context (fan-out of new peers, rate against the learned maximum),
+          the packet's own part in a scan / brute-force shape and in a slow scan (with a step
+          once that part alone is beyond the device's limit); novelty is evidence only as far
+          as the device's baseline is trusted (its maturity).
+        """
         self._ensure_devices(len(self.baseline.profiles))
         n = len(ctx)
         idn = self.baseline.identity(batch, ctx, ip_names, name_ts)
         self.identity = idn
         valid = idn.valid
-        pw, sw = idn.peer_windows, idn.service_windows
-        has_name, local = idn.has_name, idn.local
-        evidence = self.baseline.names_evidence
-        dev0 = np.maximum(ctx.device, 0)
-        named_ok = ~evidence[dev0] if len(evidence) else np.ones(n, dtype=bool)
-        # remote novelty is judged only for devices whose baseline holds remote peers
-        thin = ~self.remote_known[dev0] if len(self.remote_known) else np.ones(n, dtype=bool)
-        raw_new = ~(idn.known_peer | idn.churn)
-        known_peer = idn.known_peer | idn.churn | thin
-        known_service = idn.known_service | (thin & ~local)
         new_tok = self.baseline.new_tokens(n, tokens, self.token_text)
         self._new_token = new_tok
-        tok_judged = new_tok * (self.names_known[dev0] if len(self.names_known) else np.zeros(n, dtype=bool))
-        # a bare IP is evidence only where the device's names are observable and it uses them
-        # ... and where a missing name is no evidence, a TCP connection to a new network on a
-        # service the device never used still is (the shape of a bot's command channel)
-        tcp_new = (ctx.proto == 6) & ~known_peer & ~known_service & ~local
-        unnamed_ok = has_name | (named_ok & ~tcp_new)
-        # ... counted once the device keeps the channel up: a command channel is sustained
-        # (C2_SPAN_S of conversation, or a second connection); a one-off check is not
-        c2_event = self._sustained(batch, ctx, valid & ~known_peer & ~unnamed_ok)
-        # a device "contacts" a new host when it opens the conversation: closing a connection
-        # opened before it was watched, or answering a host that reached it, is not contacting
+        known_peer, known_service, unnamed_ok, c2_cand, tok_judged, raw_unnamed, churn, target, kin = (
+            PK.novelty_flags(
+                ctx.device,
+                ctx.proto,
+                valid,
+                idn.local,
+                idn.known_peer,
+                idn.churn,
+                idn.known_service,
+                idn.has_name,
+                idn.name_known,
+                idn.net_known,
+                idn.group_known,
+                new_tok,
+                self.baseline.names_evidence,
+                self.remote_known,
+                self.names_known,
+            )
+        )
+        c2_event = self._sustained(batch, ctx, c2_cand)
         table = window_table(
             batch,
             ctx,
@@ -574,65 +593,60 @@ class ProfileDetector:
             unnamed_ok | ~c2_event,
             known_service,
             tok_judged,
-            (idn.known_peer | idn.churn) & known_service,
+            target,
         )
         self._new_peer = ~known_peer
         self._new_unnamed = c2_event
-        self._raw_unnamed = raw_new & ~has_name
+        self._raw_unnamed = raw_unnamed
         self._raw_new_service = ~idn.known_service
-        self._churn = idn.churn & valid
+        self._churn = churn
         self._new_service = ~known_service
         self._starts = connection_starts(batch.ts, ctx, valid)
         self._starts_known = known_peer[self._starts[1]]
         wscores = (table.X / self._limits[table.device]).max(axis=1) if len(table) else np.zeros(0)
-        # per-packet score: novelty of the peer and service for this device, plus the
-        # device-window context (fan-out of new peers, rate against the learned maximum)
-        dev = np.maximum(ctx.device, 0)
-        W = self._learn_windows[dev] if len(self._learn_windows) else np.zeros(n)
-        denom = np.log1p(np.maximum(W, 1.0))
-        # a peer known by its name, network or group, or another server of a bare-IP service
-        # the device uses, counts as half-known; a service the identity rules know likewise
-        kin = idn.name_known | idn.net_known | idn.group_known | idn.churn
-        peer_c = np.where(kin, np.maximum(pw, W / 2.0), pw)
-        s_peer = np.clip(1.0 - np.log1p(peer_c) / denom, 0.0, 1.0)
-        svc_c = np.where(known_service & (sw == 0), W / 2.0, sw)
-        s_svc = np.clip(1.0 - np.log1p(svc_c) / denom, 0.0, 1.0)
-        s_unnamed = (self._new_unnamed & (pw == 0)).astype(np.float64)
-        g = table.group_of_packet
-        gi = np.maximum(g, 0)
-        new_in_win = table.col("new_peers")[gi] if len(table) else np.zeros(n)
-        pk_in_win = table.col("packets")[gi] if len(table) else np.zeros(n)
-        max_new = self._max_new[dev] if len(self._max_new) else np.zeros(n)
-        max_pk = self._max_packets[dev] if len(self._max_packets) else np.zeros(n)
-        s_fan = _squash(new_in_win / (3.0 * (max_new + 1.0)))
-        s_rate = _squash(pk_in_win / (3.0 * (max_pk + 10.0)))
-        # novelty is evidence only as far as the device's baseline is trusted (its maturity)
-        trust = 0.25 + 0.75 * (self._trust[dev] if len(self._trust) else np.zeros(n))
-        calm_p = self._calm_peer[dev] if len(self._calm_peer) else np.ones(n)
-        calm_t = self._calm_tok[dev] if len(self._calm_tok) else np.ones(n)
-        s_tok = (new_tok != 0).astype(np.float64)
-        novelty = calm_p * (2.0 * s_peer + 0.5 * s_unnamed + 0.5 * s_fan) + s_svc + calm_t * s_tok
-        # the packet's own part in a scan / brute-force shape, measured against the device's limits
-        s_shape = np.zeros(n)
-        if table.shape is not None and len(table):
-            shape_cols = [F["max_ports_per_peer"], F["max_peers_per_port"], F["max_conns_per_target"]]
-            ratios = table.shape / self._limits[dev][:, shape_cols]
-            s_shape = _squash(ratios.max(axis=1))
-        # the packet's part in a slow scan: new targets of its device on the same peer or port
         self._slow_count = self._slow_update(batch, ctx, valid)
+        use_table = len(table) > 0
+        shape = table.shape if table.shape is not None and use_table else np.zeros((0, 3))
+        use_shape = len(shape) > 0
         slow_limit = self._slow_limit if len(self._slow_limit) else np.full(1, SLOW_FLOOR_IMMATURE)
-        slow_ratio = self._slow_count / slow_limit[np.minimum(dev, len(slow_limit) - 1)]
-        # ... and a step once that part alone is beyond the device's limit (a paced scan's
-        # probes look like any other new port; only their number gives them away)
-        s_slow = _squash(slow_ratio) + 0.5 * (slow_ratio > 1.0)
-        scores = trust * novelty + 0.5 * s_rate + s_shape + s_slow
-        scores = np.where(valid, scores, 0.0)
-        if len(table):
-            scores = scores + WINDOW_BOOST * (wscores[gi] > 1.0)
-        scores = np.where(ctx.device >= 0, scores, 0.0)
+        L, E, slow_ratio = PK.score_args(
+            ctx.device,
+            idn.peer_windows,
+            idn.service_windows,
+            kin,
+            known_service,
+            table.group_of_packet,
+            table.X,
+            shape,
+            use_table,
+            use_shape,
+            self._learn_windows,
+            self._max_new,
+            self._max_packets,
+            self._limits,
+            self._slow_count,
+            slow_limit,
+        )
+        scores: npt.NDArray[np.float64] = PK.score_combine(
+            ctx.device,
+            valid,
+            np.log1p(L),
+            np.exp(E),
+            use_shape,
+            slow_ratio,
+            c2_event,
+            idn.peer_windows,
+            new_tok,
+            self._trust,
+            self._calm_peer,
+            self._calm_tok,
+            use_table,
+            wscores,
+            table.group_of_packet,
+        )
         if self.alerted is not None and len(self.alerted):
             scores = scores + ALERTED_BOOST * self._continues_alert(batch, ctx, idn, new_tok)
-        return scores.astype(np.float64), table, wscores
+        return scores, table, wscores
 
     def _continues_alert(
         self, batch: PacketBatch, ctx: PacketContext, idn: Identity, new_tok: npt.NDArray[np.uint64]
@@ -640,22 +654,24 @@ class ProfileDetector:
         """Per packet: it reaches a network, an unknown peer's service or uses a token that was
         part of an alert on its device."""
         assert self.alerted is not None
-        out = np.zeros(len(ctx), dtype=bool)
-        rows = np.flatnonzero(idn.valid)
-        if not len(rows):
-            return out
-        d = ctx.device[rows].astype(np.uint64)
-        nhi, nlo = ident.network_of(ctx.peer_hi[rows], ctx.peer_lo[rows])
-        loc = idn.local[rows]
-        hi = np.where(loc, ctx.peer_hi[rows], nhi)
-        lo = np.where(loc, ctx.peer_lo[rows], nlo)
-        hit = self.alerted.contains(ident.key("net", d, hi, lo))
-        svc = self.alerted.contains(ident.key("svc", d, ctx.proto[rows], ctx.service[rows]))
-        hit |= svc & ~idn.known_peer[rows]
-        tok = new_tok[rows] != 0
-        if tok.any():
-            hit[tok] |= self.alerted.contains(ident.key("token", d[tok], new_tok[rows][tok]))
-        out[rows] = hit
+        if idn.net_hi is None or idn.net_lo is None:
+            nhi, nlo = ident.network_of(ctx.peer_hi, ctx.peer_lo)
+        else:
+            nhi, nlo = idn.net_hi, idn.net_lo
+        slots, keys = PK.alert_queries(
+            ctx.device,
+            idn.valid,
+            idn.local,
+            ctx.peer_hi,
+            ctx.peer_lo,
+            nhi,
+            nlo,
+            ctx.proto,
+            ctx.service,
+            new_tok,
+        )
+        hit = self.alerted.contains(keys) if len(keys) else np.zeros(0, dtype=bool)
+        out: npt.NDArray[np.bool_] = PK.alert_verdicts(slots, hit, idn.known_peer)
         return out
 
     def _sustained(
@@ -671,20 +687,26 @@ class ProfileDetector:
         if not len(rows):
             return out
         keys = _mix(ctx.device[rows].astype(np.uint64), ctx.peer_hi[rows], ctx.peer_lo[rows])
-        ts = batch.ts[rows]
-        init = ctx.initiation[rows]
-        inbound = ~ctx.outbound[rows]
         # a TCP conversation already under way when it was first seen (the monitor started or
         # restarted in its middle): the device is taken for its client, as for its service
+        outb = ctx.outbound[rows]
         uncertain = ~ctx.certain[rows] if ctx.certain is not None else np.zeros(len(rows), dtype=bool)
-        midway = ctx.outbound[rows] & uncertain & (ctx.proto[rows] == 6)
-        payload = batch.payload_len[rows] > 0
+        # keys in ascending order, each key's packets in batch order
+        order = np.argsort(keys, kind="stable")
+        ks = keys[order].tolist()
+        ts = batch.ts[rows][order].tolist()
+        init = ctx.initiation[rows][order].tolist()
+        inbound = (~outb)[order].tolist()
+        midway = (outb & uncertain & (ctx.proto[rows] == 6))[order].tolist()
+        payload = (batch.payload_len[rows] > 0)[order].tolist()
+        where = rows[order].tolist()
         st = self._c2_state
-        for k in np.unique(keys).tolist():
-            sel = np.flatnonzero(keys == k)
+        j, m = 0, len(ks)
+        while j < m:
+            k = ks[j]
             first, last, starts, turns, side, said = st.get(k, (np.inf, -np.inf, 0, 0, 0, -np.inf))
-            for j in sel.tolist():
-                t = float(ts[j])
+            while j < m and ks[j] == k:
+                t = ts[j]
                 opens = init[j] or (starts == 0 and midway[j])
                 if opens and (starts == 0 or t - last > SESSION_GAP_S):
                     starts += 1
@@ -699,8 +721,9 @@ class ProfileDetector:
                     side == 2 and starts and (starts >= 2 or turns >= C2_TURNS or t - first >= C2_SPAN_S)
                 )
                 if sustained and t - said >= C2_REPEAT_S:
-                    out[rows[j]] = True  # again every C2_REPEAT_S while the channel stays up
+                    out[where[j]] = True  # again every C2_REPEAT_S while the channel stays up
                     said = t
+                j += 1
             st[k] = (first, last, starts, turns, side, said)
             st.move_to_end(k)
             if len(st) > C2_MAX_TRACKED:
@@ -781,36 +804,46 @@ class ProfileDetector:
         keys = K.mix(np.stack([hi.astype(np.uint64), lo.astype(np.uint64), proto, port]))
         lan = is_local(hi, lo)
         cchurn = churn[idx] & ~self._new_service[idx]
-        devs = ctx.device[idx]
-        ts = batch.ts[idx].astype(np.float64)
-        for d in np.unique(devs).tolist():
-            st = self.slow[d]
-            sel = np.flatnonzero(devs == d)
-            uk, inv = np.unique(keys[sel], return_inverse=True)
-            inv = inv.ravel()
-            attempts = np.zeros(len(sel))
-            for j, r in enumerate(sel.tolist()):
-                key = int(keys[r])
-                t = float(ts[r])
-                if key not in st.seen:
-                    count = st.add(key, t, int(hi[r]), int(lo[r]), int(proto[r]), int(port[r]))
-                    if count > st.limit and t >= st.next_ts:
-                        st.next_ts = t + st.horizon_s
-                        self._slow_pending.append(self._slow_finding(d, t, count, int(idx[r]), batch, ctx))
-                # repeated attempts on one new target: a paced brute force (on the LAN, where
-                # devices being set up poll each other's web services, login services only;
-                # reconnects to another server of a service the device uses are not attempts)
-                login = int(port[r]) in LOGIN_PORTS
-                if (not lan[r] and not cchurn[r]) or login:
-                    attempts[j] = n_att = st.attempt(key, t, int(proto[r]) == 6)
-                else:
-                    continue
-                if n_att > st.conn_limit and t >= st.conn_next_ts:
-                    st.conn_next_ts = t + st.horizon_s
-                    self._slow_pending.append(self._brute_finding(d, t, n_att, int(idx[r]), batch, ctx))
-            part = np.array([st.seen[k][5] if k in st.seen else 0.0 for k in uk.tolist()])
-            # in the limit of the device's slow-scan rule: the larger of the two parts
-            out[idx[sel]] = np.maximum(part[inv], attempts * (st.limit / st.conn_limit))
+        # devices in ascending order, each device's packets in batch order
+        order = np.argsort(ctx.device[idx], kind="stable")
+        dl = ctx.device[idx][order].tolist()
+        kl = keys[order].tolist()
+        tl = batch.ts[idx][order].tolist()
+        hl, ll = hi[order].tolist(), lo[order].tolist()
+        pl, portl = proto[order].tolist(), port[order].tolist()
+        lanl, cl = lan[order].tolist(), cchurn[order].tolist()
+        rl = idx[order].tolist()
+        m = len(dl)
+        attempts = np.zeros(m)
+        part = np.zeros(m)
+        ratio = np.zeros(m)
+        slow = self.slow
+        for j in range(m):
+            d, key, t = dl[j], kl[j], tl[j]
+            st = slow[d]
+            if key not in st.seen:
+                count = st.add(key, t, hl[j], ll[j], pl[j], portl[j])
+                if count > st.limit and t >= st.next_ts:
+                    st.next_ts = t + st.horizon_s
+                    self._slow_pending.append(self._slow_finding(d, t, count, rl[j], batch, ctx))
+            # repeated attempts on one new target: a paced brute force (on the LAN, where
+            # devices being set up poll each other's web services, login services only;
+            # reconnects to another server of a service the device uses are not attempts)
+            if (not lanl[j] and not cl[j]) or portl[j] in LOGIN_PORTS:
+                attempts[j] = n_att = st.attempt(key, t, pl[j] == 6)
+            else:
+                continue
+            if n_att > st.conn_limit and t >= st.conn_next_ts:
+                st.conn_next_ts = t + st.horizon_s
+                self._slow_pending.append(self._brute_finding(d, t, n_att, rl[j], batch, ctx))
+        # in the limit of the device's slow-scan rule: the larger of the two parts (as the
+        # device's targets stand after the batch)
+        for j in range(m):
+            st = slow[dl[j]]
+            seen = st.seen.get(kl[j])
+            part[j] = seen[5] if seen is not None else 0.0
+            ratio[j] = st.limit / st.conn_limit
+        out[idx[order]] = np.maximum(part, attempts * ratio)
         return out
 
     def _drift_finding(self, d: int, prof: DeviceProfile) -> Finding:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.features import _profile_kernels as PK
 from iotsentry.features import _window_kernels as K
-from iotsentry.features.addresses import is_local, is_multicast
 from iotsentry.features.device_context import PacketContext
 from iotsentry.schema import PacketBatch
 
@@ -136,15 +136,18 @@ def window_table(
     n = len(ctx)
     # brute force: repeated TCP attempts to a remote service, or to a login service on the LAN
     # (apps that poll a hub's local HTTP API open many short connections too)
-    attempt = np.zeros(n, dtype=bool)
-    cand = np.flatnonzero(ctx.syn_only & (ctx.device >= 0))
-    if len(cand):
-        hi, lo = ctx.peer_hi[cand], ctx.peer_lo[cand]
-        remote = ~is_local(hi, lo) & ~is_multicast(hi, lo)
-        dport = np.where(ctx.outbound[cand], batch.dst_port[cand], batch.src_port[cand]).astype(np.uint64)
-        if known_target is not None:
-            remote &= ~known_target[cand]
-        attempt[cand] = remote | np.isin(dport, LOGIN_PORTS)
+    attempt = PK.attempts(
+        ctx.device,
+        ctx.syn_only,
+        ctx.outbound,
+        ctx.peer_hi,
+        ctx.peer_lo,
+        batch.src_port,
+        batch.dst_port,
+        known_target if known_target is not None else np.zeros(0, dtype=bool),
+        known_target is not None,
+        LOGIN_PORTS,
+    )
     tokens = np.zeros(n, dtype=np.uint64) if new_token is None else new_token
     uk, X, group, shape = K.window_features(
         *(

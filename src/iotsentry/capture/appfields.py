@@ -2,7 +2,9 @@
 
 :func:`extract_app_events` takes a :class:`~iotsentry.schema.PacketBatch` read with raw frame
 bytes, picks the few candidate packets with vectorised masks on protocol, ports and the first
-payload bytes, and parses only those with dpkt:
+payload bytes, groups them by payload and parses each distinct payload once (DHCP, SSDP and
+HTTP with dpkt; DNS and TLS with the focused parsers of :mod:`iotsentry.capture.app_wire`,
+which give dpkt's answers):
 
 =========  =========================================  ============================================
 kind       candidates                                 ``fields``
@@ -47,6 +49,7 @@ import dpkt
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.capture.app_wire import parse_dns, parse_tls_sni
 from iotsentry.schema import AppEvent, PacketBatch, ip_to_str, mac_to_str
 
 __all__ = ["KINDS", "AppFieldStats", "extract_app_events"]
@@ -106,25 +109,43 @@ def _payload_bounds(batch: PacketBatch) -> tuple[npt.NDArray[np.int64], npt.NDAr
     return start, end
 
 
+def _candidates(
+    batch: PacketBatch,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Rows worth parsing, their kinds, and the start and end of their payloads in ``batch.raw``.
+
+    Only rows that carry raw bytes are looked at (a reader's raw filter leaves the others
+    empty): a row without captured payload bytes is never a candidate.
+    """
+    if batch.raw is None or batch.raw_off is None:
+        raise ValueError("extracting application fields needs a PacketBatch read with raw bytes")
+    empty = np.zeros(0, np.int64)
+    raw_off = batch.raw_off
+    framed = np.flatnonzero((raw_off[1:] > raw_off[:-1]) & (batch.payload_off != 0))
+    if not len(framed):
+        return empty, np.zeros(0, np.int8), empty, empty
+    frame_end = raw_off[1:][framed].astype(np.int64)
+    start = raw_off[:-1][framed].astype(np.int64) + batch.payload_off[framed].astype(np.int64)
+    end = np.minimum(start + batch.payload_len[framed].astype(np.int64), frame_end)
+    has = end > start
+    rows, start, end = framed[has], start[has], end[has]
+    head = batch.raw[np.minimum(start[:, None] + np.arange(_HEAD), len(batch.raw) - 1)]
+    kind = _kinds(
+        batch.proto[rows], batch.frag[rows], batch.src_port[rows], batch.dst_port[rows], head, end - start
+    )
+    cand = kind >= 0
+    return rows[cand], kind[cand], start[cand], end[cand]
+
+
 def classify(batch: PacketBatch) -> npt.NDArray[np.int8]:
     """Kind of each row as an index into :data:`KINDS`, or -1 for rows not worth parsing.
 
     Uses only numpy operations on the columns and the first payload bytes.
     """
-    if batch.raw is None or batch.raw_off is None:
-        raise ValueError("extracting application fields needs a PacketBatch read with raw bytes")
-    n = len(batch)
-    if n == 0:
-        return np.full(0, -1, dtype=np.int8)
-    start, end = _payload_bounds(batch)
-    avail = end - start
-    idx = start[:, None] + np.arange(_HEAD)
-    head = (
-        batch.raw[np.clip(idx, 0, max(len(batch.raw) - 1, 0))]
-        if len(batch.raw)
-        else np.zeros((n, _HEAD), np.uint8)
-    )
-    return classify_head(batch, head, avail)
+    kind = np.full(len(batch), -1, dtype=np.int8)
+    rows, kinds, _, _ = _candidates(batch)
+    kind[rows] = kinds
+    return kind
 
 
 def classify_head(
@@ -132,15 +153,26 @@ def classify_head(
 ) -> npt.NDArray[np.int8]:
     """:func:`classify` from the columns, the first ``_HEAD`` payload bytes of each row
     (``head``, shape (n, _HEAD)) and the captured payload length (``avail``)."""
-    n = len(batch)
+    return _kinds(batch.proto, batch.frag, batch.src_port, batch.dst_port, head, avail)
+
+
+def _kinds(
+    proto: npt.NDArray[np.uint8],
+    frag: npt.NDArray[np.uint8],
+    sp: npt.NDArray[np.uint16],
+    dp: npt.NDArray[np.uint16],
+    head: npt.NDArray[np.uint8],
+    avail: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int8]:
+    """:func:`classify_head` on columns (one element per row)."""
+    n = len(proto)
     kind = np.full(n, -1, dtype=np.int8)
     if n == 0:
         return kind
     has = avail > 0
-    nonfirst_frag = (batch.frag & 2) != 0
-    sp, dp = batch.src_port, batch.dst_port
-    udp = (batch.proto == 17) & has & ~nonfirst_frag
-    tcp = (batch.proto == 6) & has & ~nonfirst_frag
+    nonfirst_frag = (frag & 2) != 0
+    udp = (proto == 17) & has & ~nonfirst_frag
+    tcp = (proto == 6) & has & ~nonfirst_frag
 
     def port(p: int) -> npt.NDArray[np.bool_]:
         return (sp == p) | (dp == p)
@@ -263,8 +295,11 @@ def _dns_answer(rr: Any) -> dict[str, Any] | None:
     return ans
 
 
-def parse_dns(payload: bytes) -> dict[str, Any]:
-    """DNS/mDNS names of one UDP payload (see the module docstring)."""
+def parse_dns_dpkt(payload: bytes) -> dict[str, Any]:
+    """DNS/mDNS names of one UDP payload (see the module docstring), read with dpkt.
+
+    The reference for :func:`iotsentry.capture.app_wire.parse_dns`, which is used instead.
+    """
     d = _DNS(payload)
     answers = []
     for rr in [*d.an, *d.ns, *d.ar]:
@@ -359,8 +394,9 @@ def parse_http(payload: bytes) -> dict[str, Any]:
     return {"method": start[0], "uri": start[1], "host": h.get("host"), "user_agent": h.get("user-agent")}
 
 
-def parse_tls_sni(payload: bytes) -> dict[str, Any] | None:
-    """Server name of a TLS ClientHello at the start of a TCP payload (None when it has none)."""
+def parse_tls_sni_dpkt(payload: bytes) -> dict[str, Any] | None:
+    """Server name of a TLS ClientHello at the start of a TCP payload (None when it has none),
+    read with dpkt: the reference for :func:`iotsentry.capture.app_wire.parse_tls_sni`."""
     rec = dpkt.ssl.TLSRecord(payload)
     if rec.type != 22:
         raise ValueError("not a handshake record")
@@ -389,13 +425,131 @@ _PARSERS: dict[str, Callable[[bytes], dict[str, Any] | None]] = {
     "http": parse_http,
     "tls": parse_tls_sni,
 }
-
+_DNS_KIND = np.array([k in ("dns", "mdns") for k in KINDS])
+_KIND_NAMES = np.array(KINDS, dtype=object)
 
 _CACHE_SIZE = 65536
 _MISSING: Any = object()
 _MALFORMED: Any = {"malformed": True}
 _CACHE: dict[tuple[str, bool, bytes], Any] = {}
-"""Parsed fields of recently seen payloads. Events share these dicts: treat them as read-only."""
+"""Parsed fields of recently seen payloads, by (kind, cut by the snap length, payload; for DNS
+without its 2-byte transaction id, which the fields do not hold). Events share these dicts:
+treat them as read-only. Emptied when full."""
+
+
+def _parse(kind: str, cut: bool, payload: bytes) -> Any:
+    """The fields of one payload, ``None`` (nothing to report) or ``_MALFORMED``."""
+    try:
+        return _PARSERS[kind](payload)
+    except _PARSE_ERRORS:
+        if cut and kind in ("dns", "mdns"):
+            # cut by the snap length: keep the records captured whole
+            return parse_dns_partial(payload) or _MALFORMED
+        return _MALFORMED
+
+
+def _group_payloads(
+    blob: bytes,
+    kind: npt.NDArray[np.int8],
+    cut: npt.NDArray[np.bool_],
+    key_start: npt.NDArray[np.int64],
+    end: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], list[tuple[str, bool, bytes]]]:
+    """Candidates grouped by cache key: the group of each candidate and the key of each group
+    (``blob[key_start:end]`` is a candidate's keyed payload bytes)."""
+    code = kind.astype(np.int64) * 2 + cut
+    gid = np.empty(len(code), np.int64)
+    keys: list[tuple[str, bool, bytes]] = []
+    for c in np.unique(code).tolist():
+        sel = np.flatnonzero(code == c)
+        seen: dict[bytes, int] = {}
+        spans = zip(key_start[sel].tolist(), end[sel].tolist(), strict=True)
+        local = [seen.setdefault(blob[a:b], len(seen)) for a, b in spans]
+        gid[sel] = np.asarray(local, dtype=np.int64) + len(keys)
+        k, ct = KINDS[c >> 1], bool(c & 1)
+        keys.extend((k, ct, b) for b in seen)
+    return gid, keys
+
+
+def _status(fields: Any) -> int:
+    return _NOTHING if fields is None else _BAD if fields is _MALFORMED else _EVENT
+
+
+_EVENT, _NOTHING, _BAD = 0, 1, 2
+
+
+def _fields_of_rows(
+    blob: bytes,
+    gid: npt.NDArray[np.int64],
+    keys: list[tuple[str, bool, bytes]],
+    start: npt.NDArray[np.int64],
+    end: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.int8]]:
+    """The fields of each candidate through :data:`_CACHE`, and whether each makes an event
+    (``_EVENT``), has nothing to report (``_NOTHING``: fields None) or is malformed (``_BAD``).
+
+    Reads, parses and stores exactly as a walk over the candidates in frame order would: each
+    key missing from the cache is parsed from its first candidate's payload, in order of first
+    appearance. Only when the cache would fill up within the batch (and so be emptied part-way,
+    after which a repeated payload is parsed again into a new dict) is that walk done as such.
+    """
+    _, first = np.unique(gid, return_index=True)
+    order = np.argsort(first, kind="stable").tolist()
+    found = [_CACHE.get(keys[g], _MISSING) for g in order]
+    missing = sum(1 for f in found if f is _MISSING)
+    if len(_CACHE) + missing <= _CACHE_SIZE:
+        fields = np.empty(len(keys), dtype=object)
+        status = np.empty(len(keys), dtype=np.int8)
+        for g, got in zip(order, found, strict=True):
+            if got is _MISSING:
+                r = int(first[g])
+                key = keys[g]
+                got = _parse(key[0], key[1], blob[start[r] : end[r]])
+                _CACHE[key] = got
+            fields[g] = got
+            status[g] = _status(got)
+        return fields[gid], status[gid]
+    out = np.empty(len(gid), dtype=object)
+    out_status = np.empty(len(gid), dtype=np.int8)
+    starts, ends = start.tolist(), end.tolist()
+    for j, g in enumerate(gid.tolist()):
+        key = keys[g]
+        got = _CACHE.get(key, _MISSING)
+        if got is _MISSING:
+            got = _parse(key[0], key[1], blob[starts[j] : ends[j]])
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[key] = got
+        out[j] = got
+        out_status[j] = _status(got)
+    return out, out_status
+
+
+def _ip_texts(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> list[str]:
+    """``ip_to_str`` of each (hi, lo) row, formatting each distinct address once."""
+    n = len(hi)
+    if n == 0:
+        return []
+    order = np.lexsort((lo, hi))
+    hs, ls = hi[order], lo[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    new[1:] = (hs[1:] != hs[:-1]) | (ls[1:] != ls[:-1])
+    distinct = zip(hs[new].tolist(), ls[new].tolist(), strict=True)
+    texts = np.array([ip_to_str(h, lo_) for h, lo_ in distinct], dtype=object)
+    out = np.empty(n, dtype=object)
+    out[order] = texts[np.cumsum(new) - 1]
+    return out.tolist()  # type: ignore[no-any-return]
+
+
+def _count(counter: Counter[str], kinds: npt.NDArray[np.int8]) -> None:
+    """Add one per row to ``counter[KINDS[kind]]``, kinds in order of first appearance."""
+    if not len(kinds):
+        return
+    u, first, n = np.unique(kinds, return_index=True, return_counts=True)
+    for i in np.argsort(first, kind="stable").tolist():
+        counter[KINDS[int(u[i])]] += int(n[i])
+
 
 # ---------------------------------------------------------------------------------------------
 # Public API
@@ -404,6 +558,10 @@ _CACHE: dict[tuple[str, bool, bytes], Any] = {}
 
 def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -> list[AppEvent]:
     """Application events (DHCP, DNS, mDNS, SSDP, HTTP, TLS SNI) of a batch, in frame order.
+
+    Devices repeat themselves (announcements, polls, lookups): candidates are grouped by
+    payload and each distinct payload is parsed once; events of the same payload share one
+    ``fields`` dict (also across batches, through a bounded cache).
 
     Parameters
     ----------
@@ -422,60 +580,37 @@ def extract_app_events(batch: PacketBatch, stats: AppFieldStats | None = None) -
     ValueError
         If the batch carries no raw bytes (a programming error, not bad input).
     """
-    kind = classify(batch)
-    rows = np.nonzero(kind >= 0)[0]
+    rows, kr, s, e = _candidates(batch)
     if not len(rows):
         return []
     assert batch.raw is not None
-    start, end = _payload_bounds(batch)
-    raw = batch.raw
-    events: list[AppEvent] = []
-    index_of, ts_of = batch.index[rows].tolist(), batch.ts[rows].tolist()
-    smac_of, dmac_of = batch.src_mac[rows].tolist(), batch.dst_mac[rows].tolist()
-    cut_of = (batch.cap_len[rows] < batch.wire_len[rows]).tolist()
-    ips = batch.src_ip_hi[rows].tolist(), batch.src_ip_lo[rows].tolist()
-    ipd = batch.dst_ip_hi[rows].tolist(), batch.dst_ip_lo[rows].tolist()
-    for j, i in enumerate(rows.tolist()):
-        k = KINDS[kind[i]]
-        if stats is not None:
-            stats.candidates[k] += 1
-        payload = raw[start[i] : end[i]].tobytes()
-        cut = bool(cut_of[j])
-        # devices repeat themselves (announcements, polls): parse each distinct payload once;
-        # for DNS the 2-byte transaction id is left out of the key (the fields do not hold it)
-        key = (k, cut, payload[2:] if k in ("dns", "mdns") else payload)
-        cached = _CACHE.get(key, _MISSING)
-        if cached is _MISSING:
-            try:
-                fields = _PARSERS[k](payload)
-            except _PARSE_ERRORS:
-                fields = _MALFORMED
-                if cut and k in ("dns", "mdns"):
-                    # cut by the snap length: keep the records captured whole
-                    fields = parse_dns_partial(payload) or _MALFORMED
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.clear()
-            _CACHE[key] = fields
-        else:
-            fields = cached
-        if fields is _MALFORMED:
-            if stats is not None:
-                stats.malformed[k] += 1
-            continue
-        if fields is None:
-            continue
-        if stats is not None:
-            stats.events[k] += 1
-        events.append(
-            AppEvent(
-                index=index_of[j],
-                ts=ts_of[j],
-                kind=k,
-                src_mac=smac_of[j],
-                dst_mac=dmac_of[j],
-                src_ip=ip_to_str(ips[0][j], ips[1][j]),
-                dst_ip=ip_to_str(ipd[0][j], ipd[1][j]),
-                fields=fields,
-            )
+    cut = batch.cap_len[rows] < batch.wire_len[rows]
+    blob = batch.raw.tobytes()
+    # DNS: the 2-byte transaction id is left out of the key (the fields do not hold it)
+    gid, keys = _group_payloads(blob, kr, cut, np.minimum(s + 2 * _DNS_KIND[kr], e), e)
+    fields, status = _fields_of_rows(blob, gid, keys, s, e)
+    keep = status == _EVENT
+    if stats is not None:
+        _count(stats.candidates, kr)
+        _count(stats.malformed, kr[status == _BAD])
+        _count(stats.events, kr[keep])
+    if not keep.all():
+        rows, kr, fields = rows[keep], kr[keep], fields[keep]
+    ips = _ip_texts(
+        np.concatenate([batch.src_ip_hi[rows], batch.dst_ip_hi[rows]]),
+        np.concatenate([batch.src_ip_lo[rows], batch.dst_ip_lo[rows]]),
+    )
+    n = len(rows)
+    return list(
+        map(
+            AppEvent,
+            batch.index[rows].tolist(),
+            batch.ts[rows].tolist(),
+            _KIND_NAMES[kr].tolist(),
+            batch.src_mac[rows].tolist(),
+            batch.dst_mac[rows].tolist(),
+            ips[:n],
+            ips[n:],
+            fields.tolist(),
         )
-    return events
+    )

@@ -18,24 +18,38 @@ from iotsentry.schema import AppEvent
 
 MAX_TOKEN_LEN = 200
 
+_HASHES: dict[str, int] = {}
+"""Hashes of recently seen tokens (devices repeat the same few); emptied when full."""
+_HASHES_SIZE = 65536
+
 
 def token_hash(text: str) -> int:
     """A stable, non-zero 63-bit hash of a token."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
-    return (h >> 1) or 1
+    h = _HASHES.get(text)
+    if h is None:
+        d = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+        h = (d >> 1) or 1
+        if len(_HASHES) >= _HASHES_SIZE:
+            _HASHES.clear()
+        _HASHES[text] = h
+    return h
 
 
 def tokens_of(ev: AppEvent) -> list[str]:
     """The tokens an event contributes (``dns:<name>``, ``ua:<agent>``, ``sni:<name>``)."""
-    f = ev.fields
-    out: list[str] = []
-    if ev.kind == "dns" and not f.get("is_response"):
-        out += [f"dns:{str(q).lower().rstrip('.')}" for q in f.get("queries") or ()]
-    elif ev.kind == "http" and f.get("user_agent"):
-        out.append(f"ua:{f['user_agent']}")
-    elif ev.kind == "tls" and f.get("sni"):
-        out.append(f"sni:{str(f['sni']).lower()}")
-    return [t[:MAX_TOKEN_LEN] for t in out]
+    kind = ev.kind
+    if kind == "dns":
+        f = ev.fields
+        if f.get("is_response"):
+            return []
+        return [f"dns:{str(q).lower().rstrip('.')}"[:MAX_TOKEN_LEN] for q in f.get("queries") or ()]
+    if kind == "http":
+        ua = ev.fields.get("user_agent")
+        return [f"ua:{ua}"[:MAX_TOKEN_LEN]] if ua else []
+    if kind == "tls":
+        sni = ev.fields.get("sni")
+        return [f"sni:{str(sni).lower()}"[:MAX_TOKEN_LEN]] if sni else []
+    return []
 
 
 @dataclass

@@ -2,7 +2,8 @@
 they replaced.
 
 ``_RefBaseline`` (``_named``, ``identity``), ``_RefDetector`` (``evaluate``, ``_continues_alert``,
-``_sustained``, ``_slow_update``) and ``_ref_window_table`` are verbatim copies of that code:
+``_sustained``, ``_slow_update``), ``_RefLiving`` (``observe_batch``) and ``_ref_window_table`` are
+verbatim copies of that code:
 identities, scores, findings and whole analyses must stay identical, on random batches and on
 real captures.
 """
@@ -21,9 +22,9 @@ from conftest import data_path
 from iotsentry import engine as engine_module
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
-from iotsentry.baseline.living import alerted_key
+from iotsentry.baseline.living import Living, alerted_key
 from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
-from iotsentry.baseline.profile import Baseline, Identity, TokenRows, _ip_names
+from iotsentry.baseline.profile import Baseline, Identity, TokenRows, _ip_names, net_label, service_label
 from iotsentry.detectors.profile import (
     ALERTED_BOOST,
     C2_MAX_TRACKED,
@@ -494,6 +495,102 @@ class _RefDetector(ProfileDetector):
         return out
 
 
+class _RefLiving(Living):
+    def observe_batch(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        idn: Identity,
+        ip_names: dict[str, str],
+        new_token: npt.NDArray[np.uint64] | None = None,
+        token_text: dict[int, str] | None = None,
+    ) -> int:
+        """Record the novelties of a scored batch (devices in ``ctx``; learning ones left out).
+
+        Returns how many distinct (device, window, novelty) sightings were recorded.
+        """
+        valid = idn.valid & (ctx.device >= 0)
+        rows = np.flatnonzero(
+            valid & (~idn.known_peer | ~idn.known_service | (idn.high_udp & ~idn.high_known) | ~idn.has_name)
+        )
+        seen: set[tuple[int, int, str, str]] = set()
+        if len(rows):
+            dev = ctx.device[rows].astype(np.int64)
+            win = ctx.window[rows]
+            hi, lo = ctx.peer_hi[rows], ctx.peer_lo[rows]
+            nhi, nlo = ident.network_of(hi, lo)
+            loc = idn.local[rows]
+            proto, svc = ctx.proto[rows], ctx.service[rows]
+            new_peer = ~idn.known_peer[rows] & ~idn.churn[rows] & ~loc
+            high = idn.high_udp[rows]
+            new_svc = ~idn.known_service[rows]
+            new_high = high & new_svc
+            bare = ~idn.has_name[rows] & ~loc
+            # distinct (device, window, what) first: few per batch
+            for kind, mask, a, b in (
+                ("network", new_peer, nhi, nlo),
+                ("service", new_svc & ~high, proto.astype(np.uint64), svc.astype(np.uint64)),
+                ("high-network", new_high & ~loc, nhi, nlo),
+                ("high-network", new_high & loc, hi, lo),
+                (
+                    "bare-service",
+                    bare & ~idn.churn[rows] & new_peer,
+                    proto.astype(np.uint64),
+                    svc.astype(np.uint64),
+                ),
+            ):
+                sel = np.flatnonzero(mask)
+                if not len(sel):
+                    continue
+                trip = np.stack([dev[sel].astype(np.uint64), win[sel].astype(np.uint64), a[sel], b[sel]])
+                _, first = np.unique(trip, axis=1, return_index=True)
+                for j in first.tolist():
+                    r = sel[j]
+                    d, w = int(dev[r]), int(win[r])
+                    if kind in ("network", "high-network") and not loc[r]:
+                        item = net_label(int(a[r]), int(b[r]))
+                    elif kind == "high-network":
+                        item = ip_to_str(int(a[r]), int(b[r]))
+                    else:
+                        item = service_label(int(a[r]), int(b[r]))
+                    k = (d, w, kind, item)
+                    if k in seen:
+                        continue
+                    seen.add(k)
+                    self.observe(d, kind, item, item, float(batch.ts[rows[r]]), remote=not bool(loc[r]))
+            # domains of new peers reached by name
+            named = np.flatnonzero(new_peer & ~bare)
+            if len(named) and ip_names:
+                for r in named.tolist():
+                    name = ip_names.get(ip_to_str(int(hi[r]), int(lo[r])), "")
+                    dom = ident.registered_domain(name) if name else ""
+                    if dom:
+                        k = (int(dev[r]), int(win[r]), "domain", dom)
+                        if k not in seen:
+                            seen.add(k)
+                            self.observe(
+                                int(dev[r]), "domain", dom, dom, float(batch.ts[rows[r]]), remote=True
+                            )
+        if new_token is not None:
+            for r in np.flatnonzero(new_token != 0).tolist():
+                d = int(ctx.device[r])
+                if d < 0:
+                    continue
+                h = int(new_token[r])
+                text = token_text.get(h, "") if token_text else ""
+                k = (d, int(ctx.window[r]), "token", str(h))
+                if k in seen:
+                    continue
+                seen.add(k)
+                t = float(batch.ts[r])
+                self.observe(d, "token", str(h), text or str(h), t, remote=False)
+                kind, _, name = text.partition(":")
+                if kind in ("dns", "sni") and name:
+                    dom = ident.registered_domain(name)
+                    self.observe(d, "domain", dom, dom, t)
+        return len(seen)
+
+
 # ----------------------------------------------------------------------------- synthetic data
 
 MACS = [0x0200000000B0 + i for i in range(8)]
@@ -760,6 +857,40 @@ def test_evaluate_matches_reference_on_random_batches(seed: int) -> None:
         assert [_finding(f) for f in f1] == [_finding(f) for f in f2]
 
 
+def _candidates(liv: Living) -> list[Any]:
+    return [
+        (
+            d,
+            [
+                (k, c.label, c.first_ts, c.last_ts, sorted(c.hours), list(c.windows), c.remote)
+                for k, c in cs.items()
+            ],
+        )
+        for d, cs in liv.candidates.items()
+    ]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_living_observation_matches_reference_on_random_batches(seed: int) -> None:
+    t0 = 1.7e9
+    index = _index()
+    names, since = _names(t0)
+    new, ref = _learned(Baseline, seed, t0), _learned(_RefBaseline, seed, t0)
+    lives = [Living(new), _RefLiving(ref)]
+    for k in range(4):
+        b = _batch(seed + 300 + k, 2500, t0 + 700.0 + 600.0 * k)
+        ctx = packet_context(b, index)
+        rng = np.random.default_rng(seed + k)
+        tok = np.where(rng.random(len(b)) < 0.05, rng.integers(1, 8, len(b)), 0).astype(np.uint64)
+        counts = [
+            liv.observe_batch(b, ctx, base.identity(b, ctx, names, since), names, tok, TOKEN_TEXT)
+            for liv, base in zip(lives, (new, ref), strict=True)
+        ]
+        assert counts[0] == counts[1] > 0
+        assert _candidates(lives[0]) == _candidates(lives[1])
+        assert lives[0]._dirty == lives[1]._dirty and lives[0]._rank == lives[1]._rank
+
+
 # ----------------------------------------------------------------------------- whole analyses
 
 
@@ -768,6 +899,7 @@ def _analysis(path: Path, learn_s: float, reference: bool, monkeypatch: pytest.M
         if reference:
             m.setattr(engine_module, "Baseline", _RefBaseline)
             m.setattr(engine_module, "ProfileDetector", _RefDetector)
+            m.setattr(engine_module, "Living", _RefLiving)
         scores: list[npt.NDArray[np.float64]] = []
 
         def sink(b: PacketBatch, device: npt.NDArray[np.int32], s: npt.NDArray[np.float64]) -> None:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.profile import Baseline, Identity, _service_parts, net_label, service_label
+from iotsentry.features import _identity_kernels as RK
 from iotsentry.features.addresses import is_local
 from iotsentry.features.device_context import WINDOW_S, PacketContext
 from iotsentry.schema import PacketBatch, ip_to_str
@@ -56,6 +57,11 @@ MAX_HISTORY = 1000
 RECENT_WINDOWS = 32
 
 KINDS = ("network", "service", "bare-service", "high-network", "domain", "token")
+
+_SIGHTING_KIND = ("network", "service", "high-network", "high-network", "bare-service")
+"""Kinds of the sightings of :func:`~iotsentry.features._identity_kernels.novelty_sightings` ..."""
+_SIGHTING_LABEL = (net_label, service_label, net_label, ip_to_str, service_label)
+"""... and the labels of their (a, b) values."""
 
 
 @dataclass
@@ -157,68 +163,69 @@ class Living:
 
         Returns how many distinct (device, window, novelty) sightings were recorded.
         """
-        valid = idn.valid & (ctx.device >= 0)
-        rows = np.flatnonzero(
-            valid & (~idn.known_peer | ~idn.known_service | (idn.high_udp & ~idn.high_known) | ~idn.has_name)
-        )
         seen: set[tuple[int, int, str, str]] = set()
-        if len(rows):
-            dev = ctx.device[rows].astype(np.int64)
-            win = ctx.window[rows]
-            hi, lo = ctx.peer_hi[rows], ctx.peer_lo[rows]
-            nhi, nlo = ident.network_of(hi, lo)
-            loc = idn.local[rows]
-            proto, svc = ctx.proto[rows], ctx.service[rows]
-            new_peer = ~idn.known_peer[rows] & ~idn.churn[rows] & ~loc
-            high = idn.high_udp[rows]
-            new_svc = ~idn.known_service[rows]
-            new_high = high & new_svc
-            bare = ~idn.has_name[rows] & ~loc
-            # distinct (device, window, what) first: few per batch
-            for kind, mask, a, b in (
-                ("network", new_peer, nhi, nlo),
-                ("service", new_svc & ~high, proto.astype(np.uint64), svc.astype(np.uint64)),
-                ("high-network", new_high & ~loc, nhi, nlo),
-                ("high-network", new_high & loc, hi, lo),
-                (
-                    "bare-service",
-                    bare & ~idn.churn[rows] & new_peer,
-                    proto.astype(np.uint64),
-                    svc.astype(np.uint64),
-                ),
+        net_hi, net_lo = idn.net_hi, idn.net_lo
+        if net_hi is None or net_lo is None:
+            net_hi, net_lo = ident.network_of(ctx.peer_hi, ctx.peer_lo)
+        # distinct (kind, device, window, what), in that order: few per batch
+        kinds, dev, win, a, b, first, named = RK.novelty_sightings(
+            ctx.device,
+            ctx.window,
+            idn.valid,
+            idn.local,
+            idn.known_peer,
+            idn.churn,
+            idn.known_service,
+            idn.high_udp,
+            idn.high_known,
+            idn.has_name,
+            ctx.peer_hi,
+            ctx.peer_lo,
+            net_hi,
+            net_lo,
+            ctx.proto,
+            ctx.service,
+        )
+        if len(kinds):
+            order = np.lexsort((b, a, win, dev, kinds))
+            ts = batch.ts[first[order]].tolist()
+            remote = (~idn.local[first[order]]).tolist()
+            labels: dict[tuple[int, int, int], str] = {}
+            for k, d, w, x, y, t, rem in zip(
+                kinds[order].tolist(),
+                dev[order].tolist(),
+                win[order].tolist(),
+                a[order].tolist(),
+                b[order].tolist(),
+                ts,
+                remote,
+                strict=True,
             ):
-                sel = np.flatnonzero(mask)
-                if not len(sel):
+                item = labels.get((k, x, y))
+                if item is None:
+                    item = labels[(k, x, y)] = _SIGHTING_LABEL[k](x, y)
+                key = (d, w, _SIGHTING_KIND[k], item)
+                if key in seen:
                     continue
-                trip = np.stack([dev[sel].astype(np.uint64), win[sel].astype(np.uint64), a[sel], b[sel]])
-                _, first = np.unique(trip, axis=1, return_index=True)
-                for j in first.tolist():
-                    r = sel[j]
-                    d, w = int(dev[r]), int(win[r])
-                    if kind in ("network", "high-network") and not loc[r]:
-                        item = net_label(int(a[r]), int(b[r]))
-                    elif kind == "high-network":
-                        item = ip_to_str(int(a[r]), int(b[r]))
-                    else:
-                        item = service_label(int(a[r]), int(b[r]))
-                    k = (d, w, kind, item)
-                    if k in seen:
-                        continue
-                    seen.add(k)
-                    self.observe(d, kind, item, item, float(batch.ts[rows[r]]), remote=not bool(loc[r]))
-            # domains of new peers reached by name
-            named = np.flatnonzero(new_peer & ~bare)
-            if len(named) and ip_names:
-                for r in named.tolist():
-                    name = ip_names.get(ip_to_str(int(hi[r]), int(lo[r])), "")
-                    dom = ident.registered_domain(name) if name else ""
-                    if dom:
-                        k = (int(dev[r]), int(win[r]), "domain", dom)
-                        if k not in seen:
-                            seen.add(k)
-                            self.observe(
-                                int(dev[r]), "domain", dom, dom, float(batch.ts[rows[r]]), remote=True
-                            )
+                seen.add(key)
+                self.observe(d, _SIGHTING_KIND[k], item, item, t, remote=rem)
+        # domains of new peers reached by name
+        if len(named) and ip_names:
+            for d, w, h, lo, t in zip(
+                ctx.device[named].tolist(),
+                ctx.window[named].tolist(),
+                ctx.peer_hi[named].tolist(),
+                ctx.peer_lo[named].tolist(),
+                batch.ts[named].tolist(),
+                strict=True,
+            ):
+                name = ip_names.get(ip_to_str(h, lo), "")
+                dom = ident.registered_domain(name) if name else ""
+                if dom:
+                    k = (d, w, "domain", dom)
+                    if k not in seen:
+                        seen.add(k)
+                        self.observe(d, "domain", dom, dom, t, remote=True)
         if new_token is not None:
             for r in np.flatnonzero(new_token != 0).tolist():
                 d = int(ctx.device[r])

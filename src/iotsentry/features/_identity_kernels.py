@@ -312,3 +312,135 @@ def remote_verdicts(
         known_service[i] = sw[i] > 0 or high_known[i] or not valid[i]
         named_or_local[i] = has_name[i] or local[i]
     return pw, sw, net_known, group_known, high_known, known_peer, churn, known_service, named_or_local
+
+
+@njit(cache=True)
+def novelty_sightings(
+    device: np.ndarray,
+    window: np.ndarray,
+    valid: np.ndarray,
+    local: np.ndarray,
+    known_peer: np.ndarray,
+    churn: np.ndarray,
+    known_service: np.ndarray,
+    high_udp: np.ndarray,
+    high_known: np.ndarray,
+    has_name: np.ndarray,
+    peer_hi: np.ndarray,
+    peer_lo: np.ndarray,
+    net_hi: np.ndarray,
+    net_lo: np.ndarray,
+    proto: np.ndarray,
+    service: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (kind, device, window, a, b) novelties of a scored batch, for the living
+    baseline's candidates (see :meth:`iotsentry.baseline.living.Living.observe_batch`).
+
+    Kinds: 0 a new peer's network, 1 a new service (not high UDP), 2 a new high-UDP remote
+    network, 3 a new high-UDP local address, 4 the service of a new peer reached by bare IP
+    (``a, b``: network halves, (protocol, port) or address halves). Each distinct sighting comes
+    with its first row. Also the rows of new named peers, one per distinct (device, window,
+    peer), in batch order (their names' domains are candidates too).
+
+    Returns (kind, device, window, a, b, first row, named rows).
+    """
+    n = device.shape[0]
+    m = 0
+    for i in range(n):
+        if valid[i] and device[i] >= 0:
+            m += 1
+    # at most 3 sightings per row: kind 0, one of kinds 1 / 2 / 3, kind 4
+    sk = np.empty(3 * m, np.uint64)
+    sdw0 = np.empty(3 * m, np.uint64)
+    sdw1 = np.empty(3 * m, np.uint64)
+    sa = np.empty(3 * m, np.uint64)
+    sb = np.empty(3 * m, np.uint64)
+    srow = np.empty(3 * m, np.int64)
+    named = np.empty(m, np.int64)
+    ns = 0
+    nn = 0
+    for i in range(n):
+        if not (valid[i] and device[i] >= 0):
+            continue
+        hu = high_udp[i]
+        if known_peer[i] and known_service[i] and not (hu and not high_known[i]) and has_name[i]:
+            continue
+        loc = local[i]
+        new_peer = not known_peer[i] and not churn[i] and not loc
+        new_svc = not known_service[i]
+        new_high = hu and new_svc
+        bare = not has_name[i] and not loc
+        ud = np.uint64(np.int64(device[i]))
+        uw = np.uint64(window[i])
+        if new_peer:
+            sk[ns], sdw0[ns], sdw1[ns], sa[ns], sb[ns], srow[ns] = 0, ud, uw, net_hi[i], net_lo[i], i
+            ns += 1
+        if new_svc and not hu:
+            sk[ns], sdw0[ns], sdw1[ns], sa[ns], sb[ns], srow[ns] = (
+                1,
+                ud,
+                uw,
+                np.uint64(proto[i]),
+                np.uint64(service[i]),
+                i,
+            )
+            ns += 1
+        elif new_high and not loc:
+            sk[ns], sdw0[ns], sdw1[ns], sa[ns], sb[ns], srow[ns] = 2, ud, uw, net_hi[i], net_lo[i], i
+            ns += 1
+        elif new_high and loc:
+            sk[ns], sdw0[ns], sdw1[ns], sa[ns], sb[ns], srow[ns] = 3, ud, uw, peer_hi[i], peer_lo[i], i
+            ns += 1
+        if bare and new_peer:
+            sk[ns], sdw0[ns], sdw1[ns], sa[ns], sb[ns], srow[ns] = (
+                4,
+                ud,
+                uw,
+                np.uint64(proto[i]),
+                np.uint64(service[i]),
+                i,
+            )
+            ns += 1
+        if new_peer and not bare:
+            named[nn] = i
+            nn += 1
+    # exact distinct (kind, device, window, a, b), first occurrence (lowest row) of each
+    idw, _, _, _ = intern(sdw0[:ns], sdw1[:ns], True)
+    iab, _, _, _ = intern(sa[:ns], sb[:ns], True)
+    kab = np.empty(ns, np.uint64)
+    for t in range(ns):
+        kab[t] = np.uint64(iab[t]) * np.uint64(8) + sk[t]
+    _, _, _, first = intern(idw.view(np.uint64), kab, True)
+    u = first.shape[0]
+    kind_o = np.empty(u, np.int64)
+    dev_o = np.empty(u, np.int64)
+    win_o = np.empty(u, np.int64)
+    a_o = np.empty(u, np.uint64)
+    b_o = np.empty(u, np.uint64)
+    row_o = np.empty(u, np.int64)
+    for j in range(u):
+        t = first[j]
+        kind_o[j] = np.int64(sk[t])
+        dev_o[j] = np.int64(sdw0[t])
+        win_o[j] = np.int64(sdw1[t])
+        a_o[j] = sa[t]
+        b_o[j] = sb[t]
+        row_o[j] = srow[t]
+    # named rows: one per distinct (device, window, peer), in batch order
+    nd0 = np.empty(nn, np.uint64)
+    nd1 = np.empty(nn, np.uint64)
+    np0 = np.empty(nn, np.uint64)
+    np1 = np.empty(nn, np.uint64)
+    for t in range(nn):
+        i = named[t]
+        nd0[t] = np.uint64(np.int64(device[i]))
+        nd1[t] = np.uint64(window[i])
+        np0[t] = peer_hi[i]
+        np1[t] = peer_lo[i]
+    jdw, _, _, _ = intern(nd0, nd1, True)
+    jp, _, _, _ = intern(np0, np1, True)
+    _, _, _, nfirst = intern(jdw.view(np.uint64), jp.view(np.uint64), True)
+    named_rows = np.empty(nfirst.shape[0], np.int64)
+    for j in range(nfirst.shape[0]):
+        named_rows[j] = named[nfirst[j]]
+    return kind_o, dev_o, win_o, a_o, b_o, row_o, named_rows

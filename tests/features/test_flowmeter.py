@@ -506,3 +506,29 @@ def _match_zeek(
                 bytes_hit += 1
     n = max(len(rows), 1)
     return len(rows), tuple_hit / n, pkts_hit / n, bytes_hit / n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_skips_only_flows_that_are_not_expired(seed: int) -> None:
+    """The expiry scan looks only at flows past their ``SAFE`` time: that time never lets an
+    expired flow through (``_expired`` is false up to it) and is close to the first threshold."""
+    from iotsentry.features import _flow_kernels as K
+
+    rng = np.random.default_rng(seed)
+    pkts = _random_traffic(rng, 3000)
+    whole = batch(pkts)
+    fm = FlowMeter(idle_timeout=40.0, udp_idle_timeout=15.0, active_timeout=90.0, scan_interval=0.5)
+    cuts = np.sort(rng.choice(np.arange(1, len(pkts)), size=40, replace=False))
+    checked = 0
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(pkts)], strict=True):
+        fm.update(whole.take(np.arange(lo, hi)))
+        for s in fm._active[: fm.n_active].tolist():
+            safe = float(fm._F[K.SAFE, s])
+            assert not K._expired(s, safe, fm._F, fm._I, fm._fp)
+            # the first instant a flow can expire lies just above it
+            assert K._expired(s, safe + 100.0, fm._F, fm._I, fm._fp)
+            idle = fm._fp[K.P_IDLE_TCP] if fm._I[K.PROTO, s] == 6 else fm._fp[K.P_IDLE_OTHER]
+            ends = [fm._F[K.TSL, s] + idle, fm._F[K.TS0, s] + fm._fp[K.P_ACTIVE]]
+            assert safe < min(ends) + 1e-9 and safe > min(ends) - 60.0
+            checked += 1
+    assert checked > 100

@@ -19,8 +19,9 @@ KAH, KAL, KBH, KBL, SRC_HI, SRC_LO, DST_HI, DST_LO = 0, 1, 2, 3, 4, 5, 6, 7
 SPK, DPK, SBY, DBY, SPL, DPL, SMAC, DMAC, HASH = 8, 9, 10, 11, 12, 13, 14, 15, 16
 N_U = 17
 # --- float64 fields ---------------------------------------------------------------------------
-TS0, TSL, ISUM, ISQ, IMIN, IMAX, ZSUM, ZSQ, ZMIN, ZMAX = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
-N_F = 10
+TS0, TSL, ISUM, ISQ, IMIN, IMAX, ZSUM, ZSQ, ZMIN, ZMAX, SAFE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+N_F = 11
+"""``SAFE``: a time up to which the flow is certainly not expired (see :func:`_safe_until`)."""
 # --- int64 fields -----------------------------------------------------------------------------
 FID, FIRST_IDX, KPA, KPB, PROTO, SPORT, DPORT, SFLAGS, DFLAGS, STATE, APOS = range(11)
 N_I = 11
@@ -187,6 +188,23 @@ def _expired(
 
 
 @njit(cache=True)
+def _safe_until(slot: int, F: np.ndarray, I: np.ndarray, fp: np.ndarray) -> float:  # noqa: E741
+    """A time up to which :func:`_expired` is certainly false for the flow in its current state:
+    the earliest of its thresholds (idle, active, close, attempt timeouts), less a margin far
+    above the rounding of ``now - t > timeout`` against ``now > t + timeout``."""
+    tsl = F[TSL, slot]
+    ts0 = F[TS0, slot]
+    tcp = I[PROTO, slot] == 6
+    d = tsl + (fp[P_IDLE_TCP] if tcp else fp[P_IDLE_OTHER])
+    d = min(d, ts0 + fp[P_ACTIVE])
+    if I[STATE, slot] & ST_CLOSED:
+        d = min(d, tsl + fp[P_CLOSE])
+    if tcp and (I[SFLAGS, slot] & ~ECN_BITS) == TH_SYN and I[DFLAGS, slot] == 0:
+        d = min(d, ts0 + fp[P_ATTEMPT])
+    return d - (abs(d) * 1e-12 + 1e-6)
+
+
+@njit(cache=True)
 def scan(
     now: float,
     U: np.ndarray,
@@ -198,11 +216,12 @@ def scan(
     ctr: np.ndarray,
     fp: np.ndarray,
 ) -> None:
-    """End every active flow that is idle, past its active timeout or closed, at time ``now``."""
+    """End every active flow that is idle, past its active timeout or closed, at time ``now``
+    (only flows past their ``SAFE`` time are checked)."""
     j = ctr[C_NACTIVE] - 1
     while j >= 0:
         s = active[j]
-        if _expired(s, now, F, I, fp):
+        if now > F[SAFE, s] and _expired(s, now, F, I, fp):
             end_flow(s, U, I, tbl, active, ended, ctr)
         j -= 1
 
@@ -508,4 +527,6 @@ def meter(
                     if (st & ST_FIN_SRC) != 0 and (st & ST_FIN_DST) != 0:
                         st |= ST_CLOSED | (ST_LASTFIN_SRC if from_src else 0)
                     I[STATE, slot] = st
+        if I[STATE, slot] & ST_ACTIVE:
+            F[SAFE, slot] = _safe_until(slot, F, I, fp)
     return n

@@ -223,3 +223,21 @@ def test_relay_ties_go_to_the_mac_seen_first() -> None:
         pair.update(PacketBatch(cols), [])
         pair.check()
     assert pair.new.gateway_mac() == a  # 4 relayed each... a then b: a is first of the equals
+
+
+def test_mac_and_address_texts_are_the_schema_ones() -> None:
+    from iotsentry.inventory.devices import _mac_text
+    from iotsentry.schema import ip_to_str, mac_to_str
+
+    rng = random.Random(11)
+    values = [0, 1, (1 << 48) - 1, 1 << 48, (1 << 64) - 1, -1, *(rng.getrandbits(64) for _ in range(2000))]
+    assert [_mac_text(m) for m in values] == [mac_to_str(m) for m in values]
+    tracker = DeviceTracker()
+    pairs = [(0, 0xFFFF_0000_0000 | rng.getrandbits(32)) for _ in range(500)]
+    pairs += [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(500)]
+    pairs += [(0, rng.getrandbits(48)), (0, 0xFFFF_0000_0000), (0, 0xFFFF_FFFF_FFFF)]
+    hi = np.array([h for h, _ in pairs], dtype=np.uint64)
+    lo = np.array([x for _, x in pairs], dtype=np.uint64)
+    want = [ip_to_str(h, x) for h, x in pairs]
+    assert tracker._texts(hi, lo) == want
+    assert tracker._texts(hi, lo) == want  # remembered

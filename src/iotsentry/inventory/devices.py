@@ -11,18 +11,22 @@ vendor up once per device and re-sorts only when devices join.
 
 from __future__ import annotations
 
+import socket
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from iotsentry.features.addresses import is_local, is_multicast, is_unicast_mac, is_unspecified
 from iotsentry.features.device_context import mix_keys
 from iotsentry.inventory.device_type import guess_type
 from iotsentry.inventory.oui import vendor_of
-from iotsentry.schema import AppEvent, Device, PacketBatch, ip_to_str, mac_from_str, mac_to_str
+from iotsentry.schema import AppEvent, Device, PacketBatch, ip_to_str, mac_from_str
+
+_MAC48 = 0xFFFF_FFFF_FFFF
 
 MAX_NAMES = 32
 """Bound on the names / DNS names / User-Agents kept per device (attacker-controlled input)."""
@@ -32,6 +36,13 @@ def _add_bounded(items: list[str], value: str, limit: int = MAX_NAMES) -> None:
     value = value.strip().rstrip(".")
     if value and value not in items and len(items) < limit:
         items.append(value[:255])
+
+
+def _mac_text(mac: int) -> str:
+    """``mac_to_str`` (``aa:bb:cc:dd:ee:ff`` of the low 48 bits), without its cache: a fleet
+    has more MACs than the cache holds."""
+    h = f"{mac & _MAC48:012x}"
+    return f"{h[0:2]}:{h[2:4]}:{h[4:6]}:{h[6:8]}:{h[8:10]}:{h[10:12]}"
 
 
 def _mac_int(value: Any) -> int:
@@ -47,62 +58,121 @@ def _mac_int(value: Any) -> int:
 
 @dataclass
 class _MacState:
+    """Counters of a device known by IP only (captures without link-layer addresses)."""
+
     packets: int = 0
     bytes: int = 0
     first: float = float("inf")
     last: float = float("-inf")
     local_src: int = 0
-    relayed: int = 0
     ips: dict[str, float] = field(default_factory=dict)
-    seq: int = 0
-    """Order of creation (ties for the gateway go to the MAC seen first)."""
 
 
-_NO_STATE = _MacState()
-"""Read-only stand-in for a listed MAC without packets."""
+_IP_TEXTS = 1 << 20
+"""Bound on the remembered address texts of a tracker (emptied when full)."""
 
 
 class DeviceTracker:
-    """Builds the inventory from packet batches and application events."""
+    """Builds the inventory from packet batches and application events.
+
+    Per-MAC counters live in arrays (one row per MAC, in the order MACs were first seen) so
+    that a batch updates them with a few vectorised operations.
+    """
 
     def __init__(self) -> None:
-        self._macs: dict[int, _MacState] = {}
+        self._row: dict[int, int] = {}
+        """MAC -> row of the counters, rows in the order MACs were first seen."""
+        self._mac_at: list[int] = []
+        self._ips: list[dict[str, float]] = []
+        """Per row: local addresses the MAC used, with the last time each was seen."""
+        cap = 1024
+        self._pk = np.zeros(cap, np.int64)
+        self._by = np.zeros(cap, np.int64)
+        self._first = np.full(cap, np.inf)
+        self._last = np.full(cap, -np.inf)
+        self._loc = np.zeros(cap, np.int64)
+        self._rel = np.zeros(cap, np.int64)
+        self._dirty_rows = np.zeros(cap, dtype=bool)
+        """Rows whose counters or addresses changed since the inventory was last built."""
+        self._listed_rows = np.zeros(cap, dtype=bool)
+        self._ips_dirty: set[int] = set()
+        """Rows whose address list (its members or their order) may have changed."""
         self._ip_only: dict[str, _MacState] = {}
         self._devices: dict[str, Device] = {}
+        self._dev_of: dict[int, Device] = {}
+        """MAC -> its device (every MAC-keyed entry of ``_devices``)."""
         self.ip_names: dict[str, str] = {}
         """Last DNS / mDNS name seen resolving to each IP (used to name peers)."""
         self.ip_name_ts: dict[str, float] = {}
         """When a name was first seen for each address of :attr:`ip_names` (packet time)."""
         self._dhcp_servers: Counter[int] = Counter()
         self._seen_events: dict[tuple[int, str, int], Any] = {}
+        self._ip_text: dict[tuple[int, int], str] = {}
         # incremental state of the inventory (see devices())
         self._local: set[int] = set()
-        """MACs that sent from a local IP or ARP (``local_src > 0``)."""
+        """MACs that sent from a local IP or ARP."""
         self._keyed: set[int] = set()
         """MACs with an entry in ``_devices``."""
-        self._relay_best: int | None = None
-        self._relay_n = 0
         self._listed: set[int] = set()
         self._listed_ips: set[str] = set()
         self._join: set[int] = set()
         """MACs that may have become devices since the inventory was last built."""
         self._join_ips: set[str] = set()
-        self._dirty: set[int] = set()
-        """MACs whose counters or addresses changed since the inventory was last built."""
         self._dirty_ips: set[str] = set()
         self._retype: set[int] = set()
-        """MACs whose names, announcements, User-Agents or DHCP options changed."""
+        """MACs whose names, announcements, User-Agents, DHCP options or gateway role changed."""
+        self._type_of_vendor: dict[str | None, tuple[str | None, float]] = {}
         self._ids: list[str] = []
         self._order: list[Device] = []
         """Every listed device, by device id (``_ids`` holds the ids)."""
         self._gateway: int | None = None
         """The gateway as of the last inventory."""
 
-    def _state(self, mac: int) -> _MacState:
-        st = self._macs.get(mac)
-        if st is None:
-            st = self._macs[mac] = _MacState(seq=len(self._macs))
-        return st
+    def _new_rows(self, macs: list[int]) -> None:
+        """Rows for MACs not seen before (in the order given)."""
+        n = len(self._mac_at)
+        need = n + len(macs)
+        if need > len(self._pk):
+            cap = max(need, 2 * len(self._pk))
+            grow = cap - len(self._pk)
+            self._pk = np.concatenate([self._pk, np.zeros(grow, np.int64)])
+            self._by = np.concatenate([self._by, np.zeros(grow, np.int64)])
+            self._first = np.concatenate([self._first, np.full(grow, np.inf)])
+            self._last = np.concatenate([self._last, np.full(grow, -np.inf)])
+            self._loc = np.concatenate([self._loc, np.zeros(grow, np.int64)])
+            self._rel = np.concatenate([self._rel, np.zeros(grow, np.int64)])
+            self._dirty_rows = np.concatenate([self._dirty_rows, np.zeros(grow, dtype=bool)])
+            self._listed_rows = np.concatenate([self._listed_rows, np.zeros(grow, dtype=bool)])
+        for i, m in enumerate(macs, start=n):
+            self._row[m] = i
+            self._mac_at.append(m)
+            self._ips.append({})
+            self._listed_rows[i] = m in self._listed
+
+    def _row_for(self, mac: int) -> int:
+        r = self._row.get(mac)
+        if r is None:
+            self._new_rows([mac])
+            r = len(self._mac_at) - 1
+        return r
+
+    def _texts(self, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> list[str]:
+        """``ip_to_str`` of each (hi, lo) pair, remembered per tracker."""
+        cache = self._ip_text
+        if len(cache) > _IP_TEXTS:
+            cache.clear()
+        out: list[str] = []
+        for key in zip(hi.tolist(), lo.tolist(), strict=True):
+            t = cache.get(key)
+            if t is None:
+                h, low = key
+                if h == 0 and low >> 32 == 0xFFFF:  # IPv4-mapped: a dotted quad, as ip_to_str
+                    t = socket.inet_ntoa((low & 0xFFFF_FFFF).to_bytes(4, "big"))
+                else:
+                    t = ip_to_str(h, low)
+                cache[key] = t
+            out.append(t)
+        return out
 
     # -- packets ---------------------------------------------------------------------------
     def update(self, batch: PacketBatch, events: list[AppEvent] | None = None) -> None:
@@ -136,62 +206,61 @@ class DeviceTracker:
             last = np.full(len(macs), -np.inf)
             np.minimum.at(first, inv, ts)
             np.maximum.at(last, inv, ts)
-            loc = np.bincount(inv, weights=(src_local | is_arp)[uni], minlength=len(macs))
-            rel = np.bincount(inv, weights=src_relayed[uni], minlength=len(macs))
+            loc = np.bincount(inv, weights=(src_local | is_arp)[uni], minlength=len(macs)).astype(np.int64)
+            rel = np.bincount(inv, weights=src_relayed[uni], minlength=len(macs)).astype(np.int64)
             mac_list = macs.tolist()
-            self._dirty.update(mac_list)
-            columns = zip(
-                mac_list,
-                pk.tolist(),
-                by.tolist(),
-                first.tolist(),
-                last.tolist(),
-                loc.tolist(),
-                rel.tolist(),
-                strict=True,
-            )
-            for m, n_pk, n_by, t0, t1, n_loc, n_rel in columns:
-                st = self._state(m)
-                st.packets += int(n_pk)
-                st.bytes += int(n_by)
-                st.first = min(st.first, t0)
-                st.last = max(st.last, t1)
-                if n_loc:
-                    if not st.local_src:
-                        self._local.add(m)
-                        self._join.add(m)
-                    st.local_src += int(n_loc)
-                if n_rel:
-                    st.relayed += int(n_rel)
-                    self._note_relay(m, st)
+            found = list(map(self._row.get, mac_list))
+            if None in found:
+                self._new_rows([m for m, r in zip(mac_list, found, strict=True) if r is None])
+                found = list(map(self._row.get, mac_list))
+            rows = np.array(found, dtype=np.int64)
+            self._pk[rows] += pk
+            self._by[rows] += by.astype(np.int64)
+            self._first[rows] = np.minimum(self._first[rows], first)
+            self._last[rows] = np.maximum(self._last[rows], last)
+            became_local = (self._loc[rows] == 0) & (loc > 0)
+            self._loc[rows] += loc
+            self._rel[rows] += rel
+            self._dirty_rows[rows] = True
+            if became_local.any():
+                joined = macs[became_local].tolist()
+                self._local.update(joined)
+                self._join.update(joined)
             # IP bindings: (mac, local source IP) pairs, ARP senders included
             bind = uni & (src_local | (is_arp & ~is_unspecified(b.src_ip_hi, b.src_ip_lo)))
             if bind.any():
-                rows = np.flatnonzero(bind)
-                h = mix_keys(src_mac[rows], b.src_ip_hi[rows], b.src_ip_lo[rows])
+                brows = np.flatnonzero(bind)
+                h = mix_keys(src_mac[brows], b.src_ip_hi[brows], b.src_ip_lo[brows])
                 _, first_row, kinv = np.unique(h, return_index=True, return_inverse=True)
                 lastb = np.full(len(first_row), -np.inf)
-                np.maximum.at(lastb, kinv, b.ts[rows])
-                r0 = rows[first_row]
-                hi0, lo0 = b.src_ip_hi[r0].tolist(), b.src_ip_lo[r0].tolist()
-                pairs = zip(src_mac[r0].tolist(), hi0, lo0, strict=True)
-                for (m, hi, lo), t in zip(pairs, lastb.tolist(), strict=True):
-                    ip = ip_to_str(hi, lo)
-                    ips = self._macs[m].ips
-                    ips[ip] = max(ips.get(ip, t), t)
+                np.maximum.at(lastb, kinv, b.ts[brows])
+                r0 = brows[first_row]
+                texts = self._texts(b.src_ip_hi[r0], b.src_ip_lo[r0])
+                row_of, ips_of, ips_dirty = self._row, self._ips, self._ips_dirty
+                for m, ip, t in zip(src_mac[r0].tolist(), texts, lastb.tolist(), strict=True):
+                    r = row_of[m]
+                    ips = ips_of[r]
+                    old = ips.get(ip)
+                    if old is None:
+                        ips[ip] = t
+                        ips_dirty.add(r)
+                    elif t > old:
+                        ips[ip] = t
+                        if len(ips) > 1:
+                            ips_dirty.add(r)
         # captures without link-layer addresses: local IPs stand for devices
         nomac = (src_mac == 0) & src_local
         if nomac.any():
             keys = np.stack([b.src_ip_hi[nomac], b.src_ip_lo[nomac]], axis=1)
             uk, kinv = np.unique(keys, axis=0, return_inverse=True)
             kinv = kinv.ravel()
-            pk = np.bincount(kinv, minlength=len(uk))
-            by = np.bincount(kinv, weights=b.wire_len[nomac].astype(np.float64), minlength=len(uk))
+            npk = np.bincount(kinv, minlength=len(uk))
+            nby = np.bincount(kinv, weights=b.wire_len[nomac].astype(np.float64), minlength=len(uk))
             tsn = b.ts[nomac]
-            first = np.full(len(uk), np.inf)
-            last = np.full(len(uk), -np.inf)
-            np.minimum.at(first, kinv, tsn)
-            np.maximum.at(last, kinv, tsn)
+            nfirst = np.full(len(uk), np.inf)
+            nlast = np.full(len(uk), -np.inf)
+            np.minimum.at(nfirst, kinv, tsn)
+            np.maximum.at(nlast, kinv, tsn)
             for i, (hi, lo) in enumerate(uk.tolist()):
                 ip = ip_to_str(hi, lo)
                 ist = self._ip_only.get(ip)
@@ -199,35 +268,33 @@ class DeviceTracker:
                     ist = self._ip_only[ip] = _MacState()
                     self._join_ips.add(ip)
                 self._dirty_ips.add(ip)
-                ist.packets += int(pk[i])
-                ist.bytes += int(by[i])
-                ist.first = min(ist.first, float(first[i]))
-                ist.last = max(ist.last, float(last[i]))
-                ist.local_src += int(pk[i])
-                ist.ips[ip] = float(last[i])
-
-    def _note_relay(self, mac: int, st: _MacState) -> None:
-        """Keep the MAC with the most relayed packets (the first seen among equals)."""
-        best = self._relay_best
-        if best == mac:
-            self._relay_n = st.relayed
-        elif st.relayed > self._relay_n or (
-            best is not None and st.relayed == self._relay_n and st.seq < self._macs[best].seq
-        ):
-            self._relay_best, self._relay_n = mac, st.relayed
+                ist.packets += int(npk[i])
+                ist.bytes += int(nby[i])
+                ist.first = min(ist.first, float(nfirst[i]))
+                ist.last = max(ist.last, float(nlast[i]))
+                ist.local_src += int(npk[i])
+                ist.ips[ip] = float(nlast[i])
 
     # -- application events ------------------------------------------------------------------
     def _device_for_event(self, mac: int) -> Device | None:
         if mac == 0 or (mac >> 40) & 1:
             return None  # absent or group (multicast / broadcast) address
-        key = mac_to_str(mac)
+        mac &= _MAC48  # the device id holds 48 bits
+        dev = self._dev_of.get(mac)
+        if dev is None:
+            dev = self._keyed_device(mac)
+        self._retype.add(mac)
+        return dev
+
+    def _keyed_device(self, mac: int) -> Device:
+        """The device of a MAC, made when it has none yet."""
+        key = _mac_text(mac)
         dev = self._devices.get(key)
         if dev is None:
-            dev = Device(device_id=key, mac=key)
-            self._devices[key] = dev
-            self._keyed.add(mac)
-            self._join.add(mac)
-        self._retype.add(mac)
+            dev = self._devices[key] = Device(device_id=key, mac=key)
+        self._dev_of[mac] = dev
+        self._keyed.add(mac)
+        self._join.add(mac)
         return dev
 
     def _update_event(self, ev: AppEvent) -> None:
@@ -249,8 +316,10 @@ class DeviceTracker:
                 dev.dhcp["hostname"] = f["hostname"]
             yi = f.get("yiaddr")
             if is_server_msg and yi and yi != "0.0.0.0":
-                self._state(client).ips[str(yi)] = ev.ts
-                self._dirty.add(client)
+                r = self._row_for(client)
+                self._ips[r][str(yi)] = ev.ts
+                self._dirty_rows[r] = True
+                self._ips_dirty.add(r)
         elif ev.kind in ("dns", "mdns"):
             for ans in f.get("answers") or ():
                 if ans.get("type") in ("A", "AAAA", 1, 28) and ans.get("value"):
@@ -283,9 +352,13 @@ class DeviceTracker:
 
     # -- results -------------------------------------------------------------------------------
     def gateway_mac(self) -> int | None:
-        """The MAC that relays internet traffic (most packets with a non-local source IP)."""
-        if self._relay_best is not None:
-            return self._relay_best
+        """The MAC that relays internet traffic (most packets with a non-local source IP; the
+        first seen among equals)."""
+        n = len(self._mac_at)
+        if n:
+            i = int(np.argmax(self._rel[:n]))
+            if self._rel[i] > 0:
+                return self._mac_at[i]
         if self._dhcp_servers:
             return self._dhcp_servers.most_common(1)[0][0]
         return None
@@ -299,38 +372,36 @@ class DeviceTracker:
         return out
 
     def devices(self) -> list[Device]:
-        """The inventory, gateway first, then by MAC / IP."""
+        """The inventory, gateway first, then by MAC / IP.
+
+        The devices are the tracker's own objects, updated in place from call to call.
+        """
         gw = self.gateway_mac()
         if gw is not None:
             self._join.add(gw)
         if gw != self._gateway:
             for m in (self._gateway, gw):
                 if m is not None and m in self._listed:
-                    self._dirty.add(m)
+                    self._dev_of[m].is_gateway = m == gw
                     self._retype.add(m)
             self._gateway = gw
-        joined: list[Device] = []
-        for m in self._join - self._listed:
-            if m in self._local or m in self._keyed or m == gw:
-                joined.append(self._list_mac(m))
-        for ip in self._join_ips - self._listed_ips:
-            joined.append(self._list_ip(ip))
+        joined = [self._list_mac(m, gw) for m in self._join - self._listed]
+        joined += [self._list_ip(ip) for ip in self._join_ips - self._listed_ips]
         self._join.clear()
         self._join_ips.clear()
-        for m in self._dirty & self._listed:
-            self._refresh_mac(m, gw)
+        self._refresh_rows()
         for m in self._retype & self._listed:
-            dev = self._devices[mac_to_str(m)]
-            dev.device_type, dev.type_confidence, _ = guess_type(dev)
+            self._guess(self._dev_of[m])
+        self._retype.clear()
         for ip in self._dirty_ips & self._listed_ips:
             self._refresh_ip(ip)
-        self._dirty.clear()
-        self._retype.clear()
         self._dirty_ips.clear()
         if len(joined) > 64:
-            merged = sorted([*zip(self._ids, self._order, strict=True), *((d.device_id, d) for d in joined)])
-            self._ids = [i for i, _ in merged]
-            self._order = [d for _, d in merged]
+            ids = self._ids + [d.device_id for d in joined]
+            order = self._order + joined
+            by_id = sorted(range(len(ids)), key=ids.__getitem__)
+            self._ids = [ids[i] for i in by_id]
+            self._order = [order[i] for i in by_id]
         else:
             for dev in joined:
                 at = bisect_left(self._ids, dev.device_id)
@@ -338,33 +409,64 @@ class DeviceTracker:
                 self._order.insert(at, dev)
         if gw is None:
             return list(self._order)
-        at = bisect_left(self._ids, mac_to_str(gw))
+        at = bisect_left(self._ids, self._dev_of[gw].device_id)
         return [self._order[at], *self._order[:at], *self._order[at + 1 :]]
 
-    def _list_mac(self, m: int) -> Device:
+    def _guess(self, dev: Device) -> None:
+        """Rule-based type; a device with nothing but a vendor to go by is typed by vendor once."""
+        if dev.names or dev.ssdp or dev.user_agents or dev.dhcp.get("vendor_class") or dev.is_gateway:
+            dev.device_type, dev.type_confidence, _ = guess_type(dev)
+            return
+        got = self._type_of_vendor.get(dev.vendor)
+        if got is None:
+            kind, conf, _ = guess_type(dev)
+            got = self._type_of_vendor[dev.vendor] = (kind, conf)
+        dev.device_type, dev.type_confidence = got
+
+    def _list_mac(self, m: int, gw: int | None) -> Device:
         """A MAC enters the inventory: its device, vendor and every derived field."""
-        key = mac_to_str(m)
-        dev = self._devices.get(key)
-        if dev is None:
-            dev = self._devices[key] = Device(device_id=key, mac=key)
-            self._keyed.add(m)
+        dev = self._dev_of.get(m) or self._keyed_device(m)
         self._listed.add(m)
         dev.vendor = vendor_of(m)
+        dev.is_gateway = m == gw
         dev.is_local = True
-        self._dirty.add(m)
+        r = self._row.get(m)
+        if r is None:
+            dev.ips = []
+            dev.packets = dev.bytes = 0
+            dev.first_seen = dev.last_seen = 0.0
+        else:
+            self._listed_rows[r] = True
+            self._dirty_rows[r] = True
+            self._ips_dirty.add(r)
         self._retype.add(m)
         return dev
 
-    def _refresh_mac(self, m: int, gw: int | None) -> None:
-        dev = self._devices[mac_to_str(m)]
-        st = self._macs.get(m, _NO_STATE)
-        dev.is_gateway = m == gw
-        seen_at = st.ips
-        ips = sorted(seen_at, key=lambda ip: -seen_at[ip])
-        dev.ips = ips[:MAX_NAMES]
-        dev.packets, dev.bytes = st.packets, st.bytes
-        dev.first_seen = st.first if st.packets else 0.0
-        dev.last_seen = st.last if st.packets else 0.0
+    def _refresh_rows(self) -> None:
+        """Counters and addresses of the listed devices whose rows changed."""
+        n = len(self._mac_at)
+        rows = np.flatnonzero(self._dirty_rows[:n] & self._listed_rows[:n])
+        self._dirty_rows[:n] = False
+        if len(rows):
+            devs = [self._dev_of[m] for m in map(self._mac_at.__getitem__, rows.tolist())]
+            counters = zip(
+                devs,
+                self._pk[rows].tolist(),
+                self._by[rows].tolist(),
+                self._first[rows].tolist(),
+                self._last[rows].tolist(),
+                strict=True,
+            )
+            for dev, pk, by, t0, t1 in counters:
+                dev.packets, dev.bytes = pk, by
+                dev.first_seen = t0 if pk else 0.0
+                dev.last_seen = t1 if pk else 0.0
+        for r in self._ips_dirty:
+            if self._listed_rows[r]:
+                seen_at = self._ips[r]
+                ips = sorted(seen_at, key=lambda ip: -seen_at[ip])
+                self._dev_of[self._mac_at[r]].ips = ips[:MAX_NAMES]
+        self._ips_dirty.clear()
 
     def _list_ip(self, ip: str) -> Device:
         key = f"ip:{ip}"

@@ -263,3 +263,27 @@ def test_no_candidates_and_no_raw() -> None:
     b = PacketBatch.empty()
     with pytest.raises(ValueError):
         af.extract_app_events(b)
+
+
+def test_a_cut_dns_message_with_a_name_that_is_not_utf8_is_malformed(tmp_path: Path) -> None:
+    """Cut by the snap length, the message goes to the partial reader, which used to let the
+    name's decoding error escape and stop the whole extraction."""
+    bad = struct.pack(">HHHHHH", 1, 0x8180, 1, 1, 0, 0) + b"\x02\xff\xfe\x00\x00\x01\x00\x01"
+    bad += b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + b"\x0a\x00\x00\x07" + b"padding" * 20
+    good = _dns(7, "time.example.com", response=True)
+    frames = [
+        eth(ipv4(udp(53, 40000, msg), 17, src="192.168.1.1", dst="192.168.1.20"), src=MAC_GW, dst=MAC_DEV)
+        for msg in (bad, good)
+    ]
+    p = tmp_path / "cut.pcap"
+    p.write_bytes(
+        pcap_bytes(
+            [(1_700_000_000, 0, f[:88]) for f in frames], snaplen=88, wire_lens=[len(f) for f in frames]
+        )
+    )
+    (b,) = _read(p, 10, True)
+    stats = af.AppFieldStats()
+    events = af.extract_app_events(b, stats)
+    assert stats.malformed["dns"] == 1 and [e.index for e in events] == [1]
+    assert events[0].fields["truncated"] is True
+    assert af.parse_dns_partial(bad[:60]) is None

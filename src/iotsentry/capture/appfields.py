@@ -333,7 +333,7 @@ def parse_dns_partial(payload: bytes) -> dict[str, Any] | None:
                 return None
             off += 4
             queries.append(name)
-    except (dpkt.UnpackError, IndexError, struct.error):
+    except (dpkt.UnpackError, IndexError, struct.error, ValueError):  # ValueError: name not UTF-8
         return None
     answers: list[dict[str, Any]] = []
     d = _DNS()

@@ -1,9 +1,9 @@
 """The per-packet kernels of the profile detector and the remote identity against the numpy code
 they replaced.
 
-``_RefBaseline`` (``_named``, ``identity``), ``_RefDetector`` (``evaluate``, ``_continues_alert``,
-``_sustained``, ``_slow_update``), ``_RefLiving`` (``observe_batch``) and ``_ref_window_table`` are
-verbatim copies of that code:
+``_RefBaseline`` (``_named``, ``identity``, ``new_tokens``), ``_RefDetector`` (``evaluate``,
+``_continues_alert``, ``_sustained``, ``_slow_update``), ``_RefLiving`` (``observe_batch``),
+``_ref_window_table`` and ``_ref_packet_context`` are verbatim copies of that code:
 identities, scores, findings and whole analyses must stay identical, on random batches and on
 real captures.
 """
@@ -41,7 +41,8 @@ from iotsentry.detectors.profile import (
 )
 from iotsentry.features import _window_kernels as K
 from iotsentry.features.addresses import is_local, is_multicast
-from iotsentry.features.device_context import DeviceIndex, PacketContext, packet_context
+from iotsentry.features.device_context import WINDOW_S, DeviceIndex, PacketContext, packet_context
+from iotsentry.features.direction import originator_of_batch
 from iotsentry.features.windows import LOGIN_PORTS as WINDOW_LOGIN_PORTS
 from iotsentry.features.windows import WindowTable, window_table
 from iotsentry.pipeline import AnalysisConfig, Analyzer
@@ -111,6 +112,70 @@ def _ref_window_table(
     device = (uk >> 40).astype(np.int32)
     window = (uk & ((1 << 40) - 1)).astype(np.int64)
     return WindowTable(device, window, X, group, shape)
+
+
+def _ref_packet_context(
+    batch: PacketBatch,
+    index: DeviceIndex,
+    window_s: float = WINDOW_S,
+    direction: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
+) -> PacketContext:
+    """Attribute every packet of ``batch`` to a device (or -1) and describe its peer.
+
+    ``direction`` says per packet whether its sender opened the conversation and whether that
+    is certain (:meth:`~iotsentry.features.direction.FlowDirection.update` of the stream);
+    without it the batch is taken as a stream of its own. The service is the responder's port
+    where a TCP handshake told who responded, else the remote peer's port (devices are the
+    clients of their clouds, also for connections that began before the capture), else the
+    lower of the two ports.
+    """
+    b = batch
+    from_orig, certain = originator_of_batch(b) if direction is None else direction
+    sdev = index.of_macs(b.src_mac)
+    ddev = index.of_macs(b.dst_mac)
+    if len(index._ips):
+        nomac_s = b.src_mac == 0
+        sdev = np.where(nomac_s & (sdev < 0), index.of_ips(b.src_ip_hi, b.src_ip_lo), sdev)
+        ddev = np.where((b.dst_mac == 0) & (ddev < 0), index.of_ips(b.dst_ip_hi, b.dst_ip_lo), ddev)
+    gw = index.gateway
+    src_is_dev = (sdev >= 0) & (sdev != gw)
+    dst_is_dev = (ddev >= 0) & (ddev != gw)
+    outbound = src_is_dev | (~dst_is_dev & (sdev >= 0))
+    device = np.where(src_is_dev, sdev, np.where(dst_is_dev, ddev, sdev)).astype(np.int32)
+    outbound &= device >= 0
+    peer_hi = np.where(outbound, b.dst_ip_hi, b.src_ip_hi)
+    peer_lo = np.where(outbound, b.dst_ip_lo, b.src_ip_lo)
+    proto = b.proto.copy()
+    icmp = (proto == 1) | (proto == 58)
+    sport, dport = b.src_port, b.dst_port
+    # the responder's port where a handshake told who responded; else the remote peer's port
+    # (devices are the clients of their clouds), and the lower port between two local hosts
+    peer_port = np.where(outbound, dport, sport)
+    remote = ~is_local(peer_hi, peer_lo) & ~is_multicast(peer_hi, peer_lo) & (b.ip_version > 0)
+    guess = np.where(remote & (device >= 0), peer_port, np.minimum(sport, dport))
+    service = np.where(certain, np.where(from_orig, dport, sport), guess)
+    icmp_type = sport.copy()
+    icmp_type[(proto == 1) & (icmp_type == 0)] = 8
+    icmp_type[(proto == 58) & (icmp_type == 129)] = 128
+    service = np.where(icmp, icmp_type, service).astype(np.uint16)
+    flags = b.tcp_flags
+    syn_only = (proto == 6) & ((flags & 0x12) == 0x02)
+    initiation = outbound & (
+        syn_only | ((proto == 17) & from_orig) | (icmp & ((icmp_type == 8) | (icmp_type == 128)))
+    )
+    window = np.floor(b.ts / window_s).astype(np.int64)
+    return PacketContext(
+        device=device,
+        outbound=outbound,
+        peer_hi=peer_hi,
+        peer_lo=peer_lo,
+        service=service,
+        proto=proto,
+        initiation=initiation,
+        syn_only=syn_only & outbound,
+        window=window,
+        certain=certain,
+    )
 
 
 class _RefBaseline(Baseline):
@@ -242,6 +307,40 @@ class _RefBaseline(Baseline):
             high_udp=high,
             high_known=high_known,
         )
+
+    def new_tokens(
+        self, n: int, tokens: TokenRows | None, token_text: dict[int, str] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Per packet: hash of an application token its device has never used (0 = none).
+
+        A DNS or TLS name whose registrable domain the device (or one of its groups) knows is
+        not new: a cloud's new host name is the same cloud (needs ``token_text``).
+        """
+        out = np.zeros(n, dtype=np.uint64)
+        if tokens is None:
+            return out
+        rows, dev, h = tokens
+        owners = self.group_owners() if len(self.profiles) else np.zeros((0, 2), np.uint64)
+        for r, d, k in zip(rows.tolist(), dev.tolist(), h.tolist(), strict=True):
+            if d < 0 or k in self._tokens.get(d, ()):
+                continue
+            text = token_text.get(k) if token_text else None
+            if text and self._domain_known(d, text, owners):
+                continue
+            out[r] = k
+        return out
+
+    def _domain_known(self, d: int, token: str, owners: npt.NDArray[np.uint64]) -> bool:
+        kind, _, name = token.partition(":")
+        if kind not in ("dns", "sni") or not name:
+            return False
+        dh = ident.domain_hash(name)
+        if not dh:
+            return False
+        if self.known.contains(ident.key("dom", d, dh)).any():
+            return True
+        groups = [int(o) for o in (owners[d] if d < len(owners) else ()) if o]
+        return any(self.group_known.contains(ident.key("dom", o, dh)).any() for o in groups)
 
 
 class _RefDetector(ProfileDetector):
@@ -764,6 +863,49 @@ def test_identity_of_an_empty_baseline_and_batch() -> None:
     ectx = packet_context(e, index)
     x = new.identity(e, ectx, {})
     assert all(len(getattr(x, f)) == 0 for f in IDENTITY_FIELDS)
+
+
+CONTEXT_FIELDS = (
+    "device",
+    "outbound",
+    "peer_hi",
+    "peer_lo",
+    "service",
+    "proto",
+    "initiation",
+    "syn_only",
+    "window",
+)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_packet_context_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    b = _batch(seed, 4000, 1.7e9 + rng.uniform(0, 1e6))
+    cols = dict(b.columns)
+    # frames without a link layer, and MACs of no device
+    nomac = rng.random(len(b)) < 0.3
+    cols["src_mac"] = np.where(nomac, 0, cols["src_mac"]).astype(np.uint64)
+    cols["dst_mac"] = np.where(rng.random(len(b)) < 0.3, 0, cols["dst_mac"]).astype(np.uint64)
+    b = PacketBatch(cols)
+    macs = [":".join(f"{(m >> s) & 0xFF:02x}" for s in range(40, -8, -8)) for m in MACS[:7]]
+    indexes = [
+        _index(),
+        DeviceIndex(macs[:5]),
+        DeviceIndex([*macs[:4], "ip:192.168.1.11", "ip:2001:db8::1", "ip:10.0.0.5"], macs[2]),
+        DeviceIndex([]),
+    ]
+    direction = originator_of_batch(b)
+    for index in indexes:
+        for dr in (direction, None):
+            x, y = packet_context(b, index, direction=dr), _ref_packet_context(b, index, direction=dr)
+            for f in CONTEXT_FIELDS:
+                a, r = getattr(x, f), getattr(y, f)
+                assert a.dtype == r.dtype, f
+                np.testing.assert_array_equal(a, r, err_msg=f)
+            np.testing.assert_array_equal(x.certain, y.certain)
+        x = packet_context(b, index, window_s=7.5)
+        np.testing.assert_array_equal(x.window, _ref_packet_context(b, index, window_s=7.5).window)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -55,6 +55,7 @@ HIGH_PORT = 1024
 _V4_NET = np.uint64(0xFFFF_FFFF_FFFF_FF00)
 _V6_NET = np.uint64(0xFFFF_FFFF_FFFF_0000)
 _GROUP_BIT = np.uint64(1 << 62)
+_MAX_U64 = (1 << 64) - 1
 
 
 def network_of(
@@ -116,6 +117,12 @@ def key(
     kind: str, owner: npt.NDArray[np.generic] | int, *values: npt.NDArray[np.generic] | int
 ) -> npt.NDArray[np.uint64]:
     """Identity keys: the hash of (kind tag, owner, values...) per row (scalars broadcast)."""
+    if isinstance(owner, int | np.integer) and all(isinstance(v, int | np.integer) for v in values):
+        # one row (the most common single lookups): no broadcasting needed
+        ints = [int(owner), *(int(v) for v in values)]
+        if all(0 <= x <= _MAX_U64 for x in ints):
+            one: npt.NDArray[np.uint64] = K.mix(np.array([[KIND[kind]], *([x] for x in ints)], np.uint64))
+            return one
     cols = [np.atleast_1d(np.asarray(owner)).astype(np.uint64)]
     cols += [np.atleast_1d(np.asarray(v)).astype(np.uint64) for v in values]
     n = max(len(c) for c in cols)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -658,26 +659,43 @@ class Baseline:
             return out
         rows, dev, h = tokens
         owners = self.group_owners() if len(self.profiles) else np.zeros((0, 2), np.uint64)
+        # tokens whose name's domain decides: looked up together once the batch is read
+        named: list[tuple[int, int, int, int]] = []
         for r, d, k in zip(rows.tolist(), dev.tolist(), h.tolist(), strict=True):
             if d < 0 or k in self._tokens.get(d, ()):
                 continue
             text = token_text.get(k) if token_text else None
-            if text and self._domain_known(d, text, owners):
-                continue
-            out[r] = k
+            dh = _token_domain(text) if text else 0
+            if dh:
+                named.append((r, d, k, dh))
+            else:
+                out[r] = k
+        if named:
+            known = self._domains_known([d for _, d, _, _ in named], [dh for _, _, _, dh in named], owners)
+            for (r, _, k, _), hit in zip(named, known, strict=True):
+                if not hit:
+                    out[r] = k
         return out
 
-    def _domain_known(self, d: int, token: str, owners: npt.NDArray[np.uint64]) -> bool:
-        kind, _, name = token.partition(":")
-        if kind not in ("dns", "sni") or not name:
-            return False
-        dh = ident.domain_hash(name)
-        if not dh:
-            return False
-        if self.known.contains(ident.key("dom", d, dh)).any():
-            return True
-        groups = [int(o) for o in (owners[d] if d < len(owners) else ()) if o]
-        return any(self.group_known.contains(ident.key("dom", o, dh)).any() for o in groups)
+    def _domains_known(self, devs: list[int], dhs: list[int], owners: npt.NDArray[np.uint64]) -> list[bool]:
+        """Whether each (device, domain hash) is known to the device or one of its groups."""
+        hit = self.known.contains(ident.key("dom", np.array(devs, np.uint64), np.array(dhs, np.uint64)))
+        gd: list[int] = []
+        go: list[int] = []
+        gh: list[int] = []
+        for j, (d, dh) in enumerate(zip(devs, dhs, strict=True)):
+            for o in owners[d].tolist() if d < len(owners) else []:
+                if o:
+                    gd.append(j)
+                    go.append(o)
+                    gh.append(dh)
+        if gd:
+            ghit = self.group_known.contains(
+                ident.key("dom", np.array(go, np.uint64), np.array(gh, np.uint64))
+            )
+            hit[np.array(gd, np.int64)[ghit]] = True
+        out: list[bool] = hit.tolist()
+        return out
 
     def known_tokens(self, device: int) -> int:
         """How many distinct names / clients the device used while learning."""
@@ -1094,6 +1112,15 @@ def net_label(hi: int, lo: int) -> str:
     return f"{ip_to_str(hi, lo)}/{24 if v4 else 48}"
 
 
+@lru_cache(maxsize=65536)
+def _token_domain(token: str) -> int:
+    """The domain hash of a DNS / TLS name token (``dns:...``, ``sni:...``), 0 for other tokens."""
+    kind, _, name = token.partition(":")
+    if kind not in ("dns", "sni") or not name:
+        return 0
+    return ident.domain_hash(name)
+
+
 def _service_parts(label: str) -> tuple[int, int]:
     """(protocol number, port) of a ``TCP/443`` style service label."""
     proto, _, port = label.partition("/")
@@ -1106,6 +1133,7 @@ def _addr_cols(items: set[str]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.
     return np.array([h for h, _ in hl], np.uint64), np.array([lo for _, lo in hl], np.uint64)
 
 
+@lru_cache(maxsize=65536)
 def _is_local_text(ip: str) -> bool:
     hi, lo = ip_from_str(ip)
     h, x = np.array([hi], np.uint64), np.array([lo], np.uint64)

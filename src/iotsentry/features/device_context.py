@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from iotsentry.features.addresses import is_local, is_multicast
+from iotsentry.features import _context_kernels as CK
 from iotsentry.features.direction import originator_of_batch
 from iotsentry.schema import PacketBatch, ip_from_str
 
@@ -128,39 +128,28 @@ def packet_context(
     """
     b = batch
     from_orig, certain = originator_of_batch(b) if direction is None else direction
-    sdev = index.of_macs(b.src_mac)
-    ddev = index.of_macs(b.dst_mac)
-    if len(index._ips):
-        nomac_s = b.src_mac == 0
-        sdev = np.where(nomac_s & (sdev < 0), index.of_ips(b.src_ip_hi, b.src_ip_lo), sdev)
-        ddev = np.where((b.dst_mac == 0) & (ddev < 0), index.of_ips(b.dst_ip_hi, b.dst_ip_lo), ddev)
-    gw = index.gateway
-    src_is_dev = (sdev >= 0) & (sdev != gw)
-    dst_is_dev = (ddev >= 0) & (ddev != gw)
-    outbound = src_is_dev | (~dst_is_dev & (sdev >= 0))
-    device = np.where(src_is_dev, sdev, np.where(dst_is_dev, ddev, sdev)).astype(np.int32)
-    outbound &= device >= 0
-    peer_hi = np.where(outbound, b.dst_ip_hi, b.src_ip_hi)
-    peer_lo = np.where(outbound, b.dst_ip_lo, b.src_ip_lo)
-    proto = b.proto.copy()
-    icmp = (proto == 1) | (proto == 58)
-    sport, dport = b.src_port, b.dst_port
-    # the responder's port where a handshake told who responded; else the remote peer's port
-    # (devices are the clients of their clouds), and the lower port between two local hosts
-    peer_port = np.where(outbound, dport, sport)
-    remote = ~is_local(peer_hi, peer_lo) & ~is_multicast(peer_hi, peer_lo) & (b.ip_version > 0)
-    guess = np.where(remote & (device >= 0), peer_port, np.minimum(sport, dport))
-    service = np.where(certain, np.where(from_orig, dport, sport), guess)
-    icmp_type = sport.copy()
-    icmp_type[(proto == 1) & (icmp_type == 0)] = 8
-    icmp_type[(proto == 58) & (icmp_type == 129)] = 128
-    service = np.where(icmp, icmp_type, service).astype(np.uint16)
-    flags = b.tcp_flags
-    syn_only = (proto == 6) & ((flags & 0x12) == 0x02)
-    initiation = outbound & (
-        syn_only | ((proto == 17) & from_orig) | (icmp & ((icmp_type == 8) | (icmp_type == 128)))
+    device, outbound, peer_hi, peer_lo, service, proto, initiation, syn_only, window = CK.context(
+        b.ts,
+        b.ip_version,
+        b.src_mac,
+        b.dst_mac,
+        b.src_ip_hi,
+        b.src_ip_lo,
+        b.dst_ip_hi,
+        b.dst_ip_lo,
+        b.proto,
+        b.src_port,
+        b.dst_port,
+        b.tcp_flags,
+        from_orig,
+        certain,
+        index._macs,
+        index._mac_idx,
+        index._ips,
+        index._ip_idx,
+        index.gateway,
+        float(window_s),
     )
-    window = np.floor(b.ts / window_s).astype(np.int64)
     return PacketContext(
         device=device,
         outbound=outbound,
@@ -169,7 +158,7 @@ def packet_context(
         service=service,
         proto=proto,
         initiation=initiation,
-        syn_only=syn_only & outbound,
+        syn_only=syn_only,
         window=window,
         certain=certain,
     )

@@ -374,7 +374,10 @@ class DeviceTracker:
     def devices(self) -> list[Device]:
         """The inventory, gateway first, then by MAC / IP.
 
-        The devices are the tracker's own objects, updated in place from call to call.
+        The devices are the tracker's own objects, updated in place from call to call: only
+        those whose counters, addresses, names or gateway role changed are touched, so a field
+        the tracker derives (e.g. ``device_type``) that a caller overwrites keeps the caller's
+        value until the tracker next has a reason to refresh that device.
         """
         gw = self.gateway_mac()
         if gw is not None:

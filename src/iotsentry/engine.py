@@ -550,8 +550,11 @@ class DetectionEngine:
             return
         d = dv[fresh]
         t = b.ts[fresh]
-        for i in np.unique(d).tolist():
-            self.baseline.start_clock(int(i), float(t[d == i].min()), self.learn_seconds, self.learn_until)
+        devs, inv = np.unique(d, return_inverse=True)
+        first = np.full(len(devs), np.inf)
+        np.minimum.at(first, inv.ravel(), t)
+        for i, t0 in zip(devs.tolist(), first.tolist(), strict=True):
+            self.baseline.start_clock(int(i), t0, self.learn_seconds, self.learn_until)
 
     def _finish(self, now: float, out: EngineOutput) -> None:
         """End the learning of the devices whose period is over at ``now`` (stream time)."""
@@ -640,8 +643,7 @@ class DetectionEngine:
         todo = devices[np.isnan(self._named_share[devices])]
         for i in todo.tolist():
             self._named_share[i] = self.baseline.profiles[i].named_share()
-        n = len(self.baseline.device_ids)
-        observed = self.visibility.names_evidence_all(n)[devices]
+        observed = self.visibility.names_evidence_of(devices)
         self.baseline.names_evidence[devices] = observed & (self._named_share[devices] >= NAMED_SHARE)
 
     def _tick(self, now: float, out: EngineOutput) -> None:

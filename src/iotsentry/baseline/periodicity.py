@@ -100,6 +100,12 @@ class PeriodicityTracker:
         self._reported_beacons: set[int] = set()
         self._reported_broken: set[int] = set()
         self._svc_last: dict[tuple[int, str], float] = {}
+        self._learn_of: dict[int, list[int]] = {}
+        """Device -> keys of its learning series (a learning end touches only its own)."""
+        self._sched_of: dict[int, list[int]] = {}
+        self._indexed = 0
+        """Device -> keys of its schedules, for the first ``_indexed`` schedules (they are only
+        ever added, also by whoever loads a baseline)."""
 
     @staticmethod
     def _append(store: dict[int, _Series], key: int, series: _Series, t: float, limit: int | None) -> None:
@@ -119,6 +125,8 @@ class PeriodicityTracker:
     ) -> None:
         """Record connection starts of the learning period."""
         for k, t, (dev, peer, svc) in zip(keys.tolist(), ts, labels, strict=True):
+            if k not in self._learn:
+                self._learn_of.setdefault(dev, []).append(k)
             self._append(self._learn, k, _Series(dev, peer, svc), t, None)
 
     def freeze(self) -> None:
@@ -128,7 +136,11 @@ class PeriodicityTracker:
     def freeze_devices(self, devices: set[int] | None) -> None:
         """Turn the regular learned series of these devices (``None``: all) into schedules; their
         learning series are dropped."""
-        done = [k for k, s in self._learn.items() if devices is None or s.device in devices]
+        if devices is None:
+            done = list(self._learn)
+            self._learn_of = {}
+        else:
+            done = [k for d in sorted(devices) for k in self._learn_of.pop(d, ()) if k in self._learn]
         for k in done:
             s = self._learn.pop(k)
             reg = regular_period(s.times)
@@ -146,6 +158,8 @@ class PeriodicityTracker:
 
     def restore_learning(self, key: int, device: int, peer: str, service: str, times: list[float]) -> None:
         """Put back a learning series (a restored baseline whose device still learns)."""
+        if int(key) not in self._learn:
+            self._learn_of.setdefault(int(device), []).append(int(key))
         self._learn[int(key)] = _Series(int(device), peer, service, [float(t) for t in times][-MAX_TIMES:])
 
     def observe(
@@ -179,8 +193,9 @@ class PeriodicityTracker:
         server of the same service (NTP pools, CDNs) keeps its schedule.
         """
         out: list[tuple[str, float, Schedule]] = []
-        for k, sch in self.schedules.items():
-            if k in self._reported_broken or sch.device not in active_devices:
+        for k in self._schedule_keys(active_devices):
+            sch = self.schedules[k]
+            if k in self._reported_broken:
                 continue
             last = max(sch.last_ts, self._svc_last.get((sch.device, sch.service), sch.last_ts))
             if now - last > 3.0 * sch.period_s + 120.0:
@@ -188,6 +203,15 @@ class PeriodicityTracker:
                 out.append(("broken", now, sch))
         return out
 
+    def _schedule_keys(self, devices: set[int]) -> list[int]:
+        """Keys of the schedules of ``devices`` (by device; each device's in the order they were
+        made)."""
+        if self._indexed < len(self.schedules):
+            for k, s in list(self.schedules.items())[self._indexed :]:
+                self._sched_of.setdefault(s.device, []).append(k)
+            self._indexed = len(self.schedules)
+        return [k for d in sorted(devices) for k in self._sched_of.get(d, ())]
+
     def device_schedules(self, device: int) -> list[Schedule]:
         """The learned schedules of one device."""
-        return [s for s in self.schedules.values() if s.device == device]
+        return [self.schedules[k] for k in self._schedule_keys({device})]

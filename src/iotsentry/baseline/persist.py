@@ -219,7 +219,7 @@ def encode_baseline(baseline: Baseline, metadata: Mapping[str, Any] | None = Non
             [str(k), int(d), peer, svc, [float(t) for t in times]]
             for k, d, peer, svc, times in baseline.periodicity.learning_series()
         ],
-        "names_evidence": [bool(x) for x in baseline.names_evidence.tolist()],
+        "names_evidence": [bool(x) for x in baseline.names_evidence[: len(baseline.device_ids)].tolist()],
     }
     try:
         files = {

@@ -272,14 +272,15 @@ class Baseline:
         self._key_label: dict[int, tuple[int, str, str]] = {}
         """Learned key -> (device, "peer" | "service", address or service label)."""
         self._bare_peers: dict[int, dict[str, set[str]]] = {}
+        """With the drift guard, while learning: device -> bare-IP service -> the peers on it."""
         self._owners: npt.NDArray[np.uint64] | None = None
         """Cache of :meth:`group_owners` (rows updated when a device's groups change)."""
         self._clocks: _Clocks | None = None
         """Cache of :meth:`clocks`."""
-        """With the drift guard, while learning: device -> bare-IP service -> the peers on it."""
         self.names_evidence = np.ones(len(self.device_ids), dtype=bool)
         """Per device: a bare-IP peer is evidence (the device's DNS answers are observable and it
-        names its peers); set by the caller from :mod:`~iotsentry.baseline.visibility`."""
+        names its peers); set by the caller from :mod:`~iotsentry.baseline.visibility`. It may
+        hold spare entries past the last device (room to grow)."""
 
     # -- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -385,8 +386,12 @@ class Baseline:
         """Register a device first seen later (its own clock starts at its first packet)."""
         self.device_ids.append(device_id)
         self.profiles.append(DeviceProfile(device_id))
-        self.names_evidence = np.append(self.names_evidence, True)
-        return len(self.profiles) - 1
+        n = len(self.profiles)
+        if n > len(self.names_evidence):  # room for many more (one append per device is quadratic)
+            grown = np.ones(max(n, 2 * len(self.names_evidence), 64), dtype=bool)
+            grown[: len(self.names_evidence)] = self.names_evidence
+            self.names_evidence = grown
+        return n - 1
 
     # -- groups --------------------------------------------------------------------------------
     def set_groups(self, device: int, groups: list[str]) -> None:

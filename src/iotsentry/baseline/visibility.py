@@ -127,10 +127,11 @@ class Visibility:
             return "truncated"
         return "not seen"
 
-    def names_evidence_all(self, n: int) -> npt.NDArray[np.bool_]:
-        """:meth:`names_evidence` of devices ``0 .. n-1``."""
-        self._grow(n)
-        c = self.counts[:n]
+    def names_evidence_of(self, devices: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """:meth:`names_evidence` of each of ``devices`` (device numbers)."""
+        if len(devices):
+            self._grow(int(devices.max()) + 1)
+        c = self.counts[devices]
         col = self._col
         out: npt.NDArray[np.bool_] = (c[:, col["dns_answers"]] >= MIN_ANSWERS) & (
             c[:, col["dns_cut"]] <= MAX_CUT_SHARE * c[:, col["dns_responses"]]

@@ -2,8 +2,8 @@
 they replaced.
 
 ``_RefBaseline`` (``_named``, ``identity``, ``new_tokens``), ``_RefDetector`` (``evaluate``,
-``_continues_alert``, ``_sustained``, ``_slow_update``), ``_RefLiving`` (``observe_batch``),
-``_ref_window_table`` and ``_ref_packet_context`` are verbatim copies of that code:
+``_continues_alert``, ``_sustained``, ``_slow_update``, ``schedule_findings``), ``_RefLiving``
+(``observe_batch``), ``_ref_window_table`` and ``_ref_packet_context`` are verbatim copies of that code:
 identities, scores, findings and whole analyses must stay identical, on random batches and on
 real captures.
 """
@@ -23,7 +23,7 @@ from iotsentry import engine as engine_module
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.living import Living, alerted_key
-from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
+from iotsentry.baseline.periodicity import SESSION_GAP_S, PeriodicityTracker, connection_starts
 from iotsentry.baseline.profile import Baseline, Identity, TokenRows, _ip_names, net_label, service_label
 from iotsentry.detectors.profile import (
     ALERTED_BOOST,
@@ -35,6 +35,7 @@ from iotsentry.detectors.profile import (
     SLOW_FLOOR_IMMATURE,
     WINDOW_BOOST,
     F,
+    Finding,
     ProfileDetector,
     _mix,
     _squash,
@@ -593,6 +594,80 @@ class _RefDetector(ProfileDetector):
             out[idx[sel]] = np.maximum(part[inv], attempts * (st.limit / st.conn_limit))
         return out
 
+    def schedule_findings(
+        self,
+        batch: PacketBatch,
+        ctx: PacketContext,
+        ip_names: dict[str, str],
+        detect_from: float,
+        last: float | None = None,
+    ) -> list[Finding]:
+        """New beacons and broken schedules seen in the batch last passed to :meth:`evaluate`;
+        schedules are checked for breaks at ``last`` (default: the batch's last packet time)."""
+        keys, rows = self._starts
+        sel = batch.ts[rows] >= detect_from
+        keys, rows, known = keys[sel], rows[sel], self._starts_known[sel]
+        per = self.baseline.periodicity
+        labels = self.baseline.series_labels(ctx, rows, ip_names)
+        out: list[Finding] = []
+        for _kind, t, s in per.observe(keys, batch.ts[rows].tolist(), labels, known.tolist()):
+            d = s.device
+            if not (self.mature[d] if d < len(self.mature) else False):
+                continue  # every peer of a young baseline is new: no beacon verdicts there
+            times = np.diff(np.asarray(getattr(s, "times", [0.0, 0.0])))
+            period = float(np.median(times)) if len(times) else 0.0
+            label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
+            prof = self.baseline.profiles[d]
+            peer_ip = s.peer
+            out.append(
+                Finding(
+                    device=d,
+                    device_id=prof.device_id,
+                    ts=t,
+                    score=2.0,
+                    threshold=1.0,
+                    feature="beacon",
+                    category="c2",
+                    peer_ip=peer_ip,
+                    peer_port=int(s.service.split("/")[1]),
+                    proto=6 if s.service.startswith("TCP") else 17,
+                    reason=(
+                        f"{label} contacts new peer {s.peer} ({s.service}) every ~{period:.0f} s, "
+                        f"{len(getattr(s, 'times', []))} times so far: beacon-like schedule never seen "
+                        f"in its baseline; baseline: {len(prof.peers)} peers, "
+                        f"services {prof.top_services()}"
+                    ),
+                    values={"period_s": period, "count": float(len(getattr(s, "times", [])))},
+                )
+            )
+        end = float(batch.ts[-1]) if last is None and len(batch) else last
+        if len(batch) and end is not None and end >= detect_from:
+            active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
+            for _kind, t, sch in per.broken(end, active):
+                d = sch.device
+                label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
+                out.append(
+                    Finding(
+                        device=d,
+                        device_id=self.baseline.device_ids[d],
+                        ts=t,
+                        score=1.2,
+                        threshold=1.0,
+                        feature="schedule",
+                        category="silence",
+                        peer_ip=sch.peer,
+                        peer_port=int(sch.service.split("/")[1]),
+                        proto=6 if sch.service.startswith("TCP") else 17,
+                        reason=(
+                            f"{label} stopped its ~{sch.period_s:.0f} s check-ins to {sch.peer} "
+                            f"({sch.service}); "
+                            f"last one {t - sch.last_ts:.0f} s ago while the device is still active"
+                        ),
+                        values={"period_s": sch.period_s, "silent_s": t - sch.last_ts},
+                    )
+                )
+        return out
+
 
 class _RefLiving(Living):
     def observe_batch(
@@ -997,6 +1072,62 @@ def test_evaluate_matches_reference_on_random_batches(seed: int) -> None:
         assert _slow_state(dets[0]) == _slow_state(dets[1])
         f1, f2 = (d.findings(b, ctx, t, w) for d, (_, t, w) in zip(dets, outs, strict=True))
         assert [_finding(f) for f in f1] == [_finding(f) for f in f2]
+        s1, s2 = (d.schedule_findings(b, ctx, names, -np.inf) for d in dets)
+        assert [_finding(f) for f in s1] == [_finding(f) for f in s2]
+
+
+def _tracker_state(p: PeriodicityTracker) -> list[Any]:
+    return [
+        list(p._svc_last.items()),
+        [(k, s.last_ts) for k, s in p.schedules.items()],
+        [(k, s.device, s.peer, s.service, list(s.times)) for k, s in p._new.items()],
+        sorted(p._reported_beacons),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_periodicity_matches_start_by_start(seed: int) -> None:
+    """``observe_starts`` against ``observe`` (the start-by-start walk) with schedules, known and
+    unknown series, merged starts, regular beacons and a full store of new series."""
+    rng = np.random.default_rng(seed)
+    trackers = [PeriodicityTracker(), PeriodicityTracker()]
+    for p in trackers:
+        for k in range(6):  # learned schedules
+            times = [150.0 * i + k for i in range(20)]
+            p.learn(np.full(20, 1000 + k, np.uint64), times, [(k % 3, "s", "TCP/443")] * 20)
+        p.freeze()
+    import iotsentry.baseline.periodicity as per
+
+    cap = per.MAX_NEW_SERIES
+    per.MAX_NEW_SERIES = 40
+    try:
+        t0 = 1000.0
+        for _ in range(12):
+            n = int(rng.integers(0, 400))
+            keys = rng.choice(np.array([*range(1000, 1008), *range(2000, 2060)], np.uint64), n)
+            ts = np.sort(t0 + rng.uniform(0, 300.0, n))
+            beacon = rng.random(n) < 0.3  # a few series on a steady 30 s schedule
+            ts = np.where(beacon, t0 + 30.0 * np.floor((ts - t0) / 30.0), ts)
+            order = np.argsort(ts, kind="stable")
+            keys, ts = keys[order], ts[order]
+            dev = (keys % np.uint64(4)).astype(np.int32)
+            proto = np.where(keys % np.uint64(2) == 0, 6, 17).astype(np.uint8)
+            svc = (keys % np.uint64(5) + np.uint64(440)).astype(np.uint16)
+            known = rng.random(n) < 0.4
+            labels = [
+                (int(d), f"peer{int(k)}", service_label(int(p), int(s)))
+                for k, d, p, s in zip(keys, dev, proto, svc, strict=True)
+            ]
+            a = trackers[0].observe(keys, ts.tolist(), labels, known.tolist())
+            b = trackers[1].observe_starts(keys, ts, dev, proto, svc, labels.__getitem__, known)
+            assert [(x, t, s.device, s.peer, s.service) for x, t, s in a] == [
+                (x, t, s.device, s.peer, s.service) for x, t, s in b
+            ]
+            assert _tracker_state(trackers[0]) == _tracker_state(trackers[1])
+            t0 += 300.0
+    finally:
+        per.MAX_NEW_SERIES = cap
+    assert trackers[0]._reported_beacons and len(trackers[0].schedules) == 6
 
 
 def _candidates(liv: Living) -> list[Any]:

@@ -11,12 +11,17 @@ detection two things are reported:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.features import _identity_kernels as RK
+from iotsentry.features import _window_kernels as K
 from iotsentry.features.device_context import PacketContext, mix_keys
+from iotsentry.schema import PROTO_NAMES
 
 SESSION_GAP_S = 5.0
 """Connection starts closer than this to the previous one of the same series are merged."""
@@ -49,6 +54,12 @@ class _Series:
     peer: str
     service: str
     times: list[float] = field(default_factory=list)
+
+
+@lru_cache(maxsize=65536)
+def service_label(proto: int, port: int) -> str:
+    """``TCP/443`` style label of a service key."""
+    return f"{PROTO_NAMES.get(int(proto), str(int(proto)))}/{int(port)}"
 
 
 def regular_period(times: list[float]) -> tuple[float, float] | None:
@@ -182,6 +193,68 @@ class PeriodicityTracker:
             self._append(self._new, k, _Series(dev, peer, svc), t, MAX_NEW_SERIES)
             s = self._new.get(k)
             if s is not None and k not in self._reported_beacons and regular_period(s.times) is not None:
+                self._reported_beacons.add(k)
+                out.append(("beacon", t, s))
+        return out
+
+    def observe_starts(
+        self,
+        keys: npt.NDArray[np.uint64],
+        ts: npt.NDArray[np.float64],
+        device: npt.NDArray[np.int32],
+        proto: npt.NDArray[np.uint8],
+        service: npt.NDArray[np.uint16],
+        label: Callable[[int], tuple[int, str, str]],
+        known: npt.NDArray[np.bool_],
+    ) -> list[tuple[str, float, _Series | Schedule]]:
+        """:meth:`observe` of a batch's starts given as columns (``label(j)``: the series label of
+        start ``j``, asked only for the series it creates). Same state and findings: the last
+        start per (device, service) and per schedule is a maximum, taken per distinct key; only
+        the starts of unknown series are walked one by one, and a series' regularity is tested
+        only when a start was added to it."""
+        out: list[tuple[str, float, _Series | Schedule]] = []
+        n = len(keys)
+        if not n:
+            return out
+        psvc = (proto.astype(np.uint64) << np.uint64(16)) | service.astype(np.uint64)
+        dev64 = device.astype(np.int64)
+        inv, _, _, first = K.intern(dev64.view(np.uint64), psvc, True)
+        last = RK.group_max(inv, ts, len(first))
+        svc_last = self._svc_last
+        for d, pr, sv, t in zip(
+            dev64[first].tolist(), proto[first].tolist(), service[first].tolist(), last.tolist(), strict=True
+        ):
+            k2 = (d, service_label(pr, sv))
+            svc_last[k2] = max(svc_last.get(k2, t), t)
+        if self.schedules:
+            kinv, uk, _, _ = K.intern(keys, keys, False)
+            kmax = RK.group_max(kinv, ts, len(uk))
+            for k, t in zip(uk.tolist(), kmax.tolist(), strict=True):
+                sch = self.schedules.get(k)
+                if sch is not None:
+                    sch.last_ts = max(sch.last_ts, t)
+        todo = np.flatnonzero(~known)
+        if not len(todo):
+            return out
+        kl, tl = keys.tolist(), ts.tolist()
+        store = self._new
+        for j in todo.tolist():
+            k = kl[j]
+            if k in self.schedules:
+                continue
+            t = tl[j]
+            s = store.get(k)
+            if s is None:
+                if len(store) >= MAX_NEW_SERIES:
+                    continue
+                dev, peer, svc = label(j)
+                s = store[k] = _Series(dev, peer, svc)
+            elif s.times and t - s.times[-1] <= SESSION_GAP_S:
+                continue  # merged into the previous start: the series did not change
+            s.times.append(t)
+            if len(s.times) > MAX_TIMES:
+                del s.times[: len(s.times) - MAX_TIMES]
+            if k not in self._reported_beacons and regular_period(s.times) is not None:
                 self._reported_beacons.add(k)
                 out.append(("beacon", t, s))
         return out

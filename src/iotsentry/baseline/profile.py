@@ -31,7 +31,7 @@ import numpy.typing as npt
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import CountTable, KeySet
 from iotsentry.baseline.maturity import Maturity, maturity_of
-from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts
+from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts, service_label
 from iotsentry.baseline.ramp_guard import RampGuard
 from iotsentry.features import _identity_kernels as RK
 from iotsentry.features import _window_kernels as K
@@ -169,11 +169,6 @@ class DeviceProfile:
             proto, port = s.split("/")
             out.append(f"{port}/{proto.lower()}")
         return ", ".join(out) if out else "none"
-
-
-def service_label(proto: int, port: int) -> str:
-    """``TCP/443`` style label of a service key."""
-    return f"{PROTO_NAMES.get(int(proto), str(int(proto)))}/{int(port)}"
 
 
 @dataclass

@@ -1077,9 +1077,15 @@ class ProfileDetector:
         sel = batch.ts[rows] >= detect_from
         keys, rows, known = keys[sel], rows[sel], self._starts_known[sel]
         per = self.baseline.periodicity
-        labels = self.baseline.series_labels(ctx, rows, ip_names)
+        dev, proto, svc = ctx.device[rows], ctx.proto[rows], ctx.service[rows]
+
+        def series(j: int) -> tuple[int, str, str]:
+            r = int(rows[j])
+            ip = ip_to_str(int(ctx.peer_hi[r]), int(ctx.peer_lo[r]))
+            return int(dev[j]), ip_names.get(ip, ip), service_label(int(proto[j]), int(svc[j]))
+
         out: list[Finding] = []
-        for _kind, t, s in per.observe(keys, batch.ts[rows].tolist(), labels, known.tolist()):
+        for _kind, t, s in per.observe_starts(keys, batch.ts[rows], dev, proto, svc, series, known):
             d = s.device
             if not (self.mature[d] if d < len(self.mature) else False):
                 continue  # every peer of a young baseline is new: no beacon verdicts there

@@ -444,3 +444,13 @@ def novelty_sightings(
     for j in range(nfirst.shape[0]):
         named_rows[j] = named[nfirst[j]]
     return kind_o, dev_o, win_o, a_o, b_o, row_o, named_rows
+
+
+@njit(cache=True)
+def group_max(inv: np.ndarray, v: np.ndarray, m: int) -> np.ndarray:
+    """Per group (``inv``: group of each row, ``m`` groups): the largest value (-inf if none)."""
+    out = np.full(m, -np.inf)
+    for i in range(inv.shape[0]):
+        if v[i] > out[inv[i]]:
+            out[inv[i]] = v[i]
+    return out

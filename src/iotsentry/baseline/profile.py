@@ -32,6 +32,7 @@ from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import CountTable, KeySet
 from iotsentry.baseline.maturity import Maturity, maturity_of
 from iotsentry.baseline.periodicity import PeriodicityTracker, connection_starts, service_label
+from iotsentry.baseline.quantiles import column_quantile
 from iotsentry.baseline.ramp_guard import RampGuard
 from iotsentry.features import _identity_kernels as RK
 from iotsentry.features import _window_kernels as K
@@ -119,7 +120,7 @@ class DeviceProfile:
         if not len(X):
             X = np.zeros((1, len(WINDOW_FEATURES)))
         mean, top = X.mean(axis=0).tolist(), X.max(axis=0).tolist()
-        p95 = np.quantile(X, 0.95, axis=0).tolist()
+        p95 = column_quantile(X, 0.95).tolist()
         vol = {
             name: {"mean": mean[j], "p95": p95[j], "max": top[j]} for j, name in enumerate(WINDOW_FEATURES)
         }

@@ -35,6 +35,7 @@ from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
 from iotsentry.baseline.profile import Baseline, DeviceProfile, Identity, TokenRows, service_label
+from iotsentry.baseline.quantiles import column_quantile
 from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
 from iotsentry.detectors.base import Detector, register
 from iotsentry.features import _profile_kernels as PK
@@ -233,7 +234,7 @@ class WindowProfileDetector(Detector):
             tail = X[len(X) // 2 :]
             # a setup burst is rare: the 90th percentile, not the maximum, of the settled half
             cols = [F[f] for f in DISCOVERY_FEATURES]
-            learned[cols] = np.quantile(tail[:, cols], 0.9, axis=0) if len(tail) else 0.0
+            learned[cols] = column_quantile(tail[:, cols], 0.9) if len(tail) else 0.0
             limits = np.maximum(limits, self.margin * learned)
         if not self.mature:
             limits = np.maximum(limits, np.array([FLOORS_IMMATURE[f] for f in WINDOW_FEATURES]))

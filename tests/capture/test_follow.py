@@ -134,6 +134,20 @@ def test_follow_sleeps_instead_of_spinning(tmp_path: Path) -> None:
     assert 0.25 <= time.monotonic() - t0 < 2 and calls <= 10
 
 
+def test_a_file_created_before_its_header_is_written_is_waited_for(tmp_path: Path) -> None:
+    """The writer creates the file, then writes: an empty newest file is not an error."""
+    path = tmp_path / "dump-00.pcap"
+    path.touch()
+    f = PcapDirFollower(tmp_path, "dump-*.pcap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(f.poll()) == 0
+        append(path, HEADER[:2])
+        assert len(f.poll()) == 0
+        append(path, HEADER[2:] + record(0) + record(1))
+        assert ports([f.poll()]) == [0, 1]
+
+
 def test_concurrent_writer_with_rotation(tmp_path: Path) -> None:
     total = 300
     stop = threading.Event()

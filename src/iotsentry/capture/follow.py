@@ -177,6 +177,8 @@ class PcapDirFollower(_Follower[PacketBatch]):
             with path.open("rb") as f:
                 head = f.read(GLOBAL_HEADER_LEN)
                 try:
+                    if len(head) < 4:  # created, magic not written yet: a cut header as well
+                        raise _HeaderCut()
                     big, divisor, snaplen, link = parse_header(path, head)
                 except _HeaderCut:
                     if newer:

@@ -23,7 +23,12 @@ from iotsentry import engine as engine_module
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
 from iotsentry.baseline.living import Living, alerted_key
-from iotsentry.baseline.periodicity import SESSION_GAP_S, PeriodicityTracker, connection_starts
+from iotsentry.baseline.periodicity import (
+    SESSION_GAP_S,
+    PeriodicityTracker,
+    connection_starts,
+    last_packet_of_devices,
+)
 from iotsentry.baseline.profile import Baseline, Identity, TokenRows, _ip_names, net_label, service_label
 from iotsentry.detectors.profile import (
     ALERTED_BOOST,
@@ -642,8 +647,7 @@ class _RefDetector(ProfileDetector):
             )
         end = float(batch.ts[-1]) if last is None and len(batch) else last
         if len(batch) and end is not None and end >= detect_from:
-            active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
-            for _kind, t, sch in per.broken(end, active):
+            for _kind, t, sch in per.broken(last_packet_of_devices(batch.ts, ctx.device)):
                 d = sch.device
                 label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
                 out.append(

@@ -11,7 +11,7 @@ detection two things are reported:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -259,17 +259,21 @@ class PeriodicityTracker:
                 out.append(("beacon", t, s))
         return out
 
-    def broken(self, now: float, active_devices: set[int]) -> list[tuple[str, float, Schedule]]:
+    def broken(self, last_seen: Mapping[int, float]) -> list[tuple[str, float, Schedule]]:
         """Schedules silent for more than three periods (plus two minutes) on active devices.
 
-        Silence is judged per (device, service): a device that moves its check-ins to another
-        server of the same service (NTP pools, CDNs) keeps its schedule.
+        ``last_seen`` maps each device active in the batch to the time of its latest packet
+        there: a schedule is broken when the device itself was still sending after the deadline,
+        which does not depend on where a caller cuts its batches. Silence is judged per (device,
+        service): a device that moves its check-ins to another server of the same service (NTP
+        pools, CDNs) keeps its schedule.
         """
         out: list[tuple[str, float, Schedule]] = []
-        for k in self._schedule_keys(active_devices):
+        for k in self._schedule_keys(set(last_seen)):
             sch = self.schedules[k]
             if k in self._reported_broken:
                 continue
+            now = last_seen[sch.device]
             last = max(sch.last_ts, self._svc_last.get((sch.device, sch.service), sch.last_ts))
             if now - last > 3.0 * sch.period_s + 120.0:
                 self._reported_broken.add(k)
@@ -288,3 +292,14 @@ class PeriodicityTracker:
     def device_schedules(self, device: int) -> list[Schedule]:
         """The learned schedules of one device."""
         return [self.schedules[k] for k in self._schedule_keys({device})]
+
+
+def last_packet_of_devices(ts: npt.NDArray[np.float64], device: npt.NDArray[np.int64]) -> dict[int, float]:
+    """Each known device's latest packet time among ``ts`` (rows with device < 0 ignored)."""
+    known = device >= 0
+    if not known.any():
+        return {}
+    devs, inv = np.unique(device[known], return_inverse=True)
+    last = np.full(len(devs), -np.inf)
+    np.maximum.at(last, inv, ts[known])
+    return dict(zip(devs.tolist(), last.tolist(), strict=True))

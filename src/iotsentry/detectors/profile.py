@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from iotsentry.baseline import identity as ident
 from iotsentry.baseline.keysets import KeySet
-from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts
+from iotsentry.baseline.periodicity import SESSION_GAP_S, connection_starts, last_packet_of_devices
 from iotsentry.baseline.profile import Baseline, DeviceProfile, Identity, TokenRows, service_label
 from iotsentry.baseline.quantiles import column_quantile
 from iotsentry.baseline.ramp_guard import RAMP_RATIO, capped_range
@@ -1118,8 +1118,7 @@ class ProfileDetector:
             )
         end = float(batch.ts[-1]) if last is None and len(batch) else last
         if len(batch) and end is not None and end >= detect_from:
-            active = set(np.unique(ctx.device[ctx.device >= 0]).tolist())
-            for _kind, t, sch in per.broken(end, active):
+            for _kind, t, sch in per.broken(last_packet_of_devices(batch.ts, ctx.device)):
                 d = sch.device
                 label = self.labels[d] if d < len(self.labels) else self.baseline.device_ids[d]
                 out.append(

@@ -66,7 +66,7 @@ class ReferenceTracker:
         """When a name was first seen for each address of :attr:`ip_names` (packet time)."""
         """Last DNS / mDNS name seen resolving to each IP (used to name peers)."""
         self._dhcp_servers: Counter[int] = Counter()
-        self._seen_events: dict[tuple[int, str, int], Any] = {}
+        self._seen_events: set[tuple[int, str, str]] = set()
 
     # -- packets ---------------------------------------------------------------------------
     def update(self, batch: PacketBatch, events: list[AppEvent] | None = None) -> None:
@@ -74,12 +74,13 @@ class ReferenceTracker:
         if len(batch):
             self._update_packets(batch)
         for ev in events or ():
-            key = (ev.src_mac, ev.kind, id(ev.fields))
-            if ev.kind != "dhcp" and key in self._seen_events:
-                continue  # the same announcement again (parsed fields are shared): nothing new
-            if len(self._seen_events) >= 200_000:
-                self._seen_events.clear()
-            self._seen_events[key] = ev.fields  # holding the dict keeps its id unique
+            if ev.kind != "dhcp":
+                key = (ev.src_mac, ev.kind, repr(ev.fields))
+                if key in self._seen_events:
+                    continue  # the same announcement again: nothing new
+                if len(self._seen_events) >= 200_000:
+                    self._seen_events.clear()
+                self._seen_events.add(key)
             self._update_event(ev)
 
     def _update_packets(self, b: PacketBatch) -> None:

@@ -106,7 +106,7 @@ class DeviceTracker:
         self.ip_name_ts: dict[str, float] = {}
         """When a name was first seen for each address of :attr:`ip_names` (packet time)."""
         self._dhcp_servers: Counter[int] = Counter()
-        self._seen_events: dict[tuple[int, str, int], Any] = {}
+        self._seen_events: set[tuple[int, str, str]] = set()
         self._ip_text: dict[tuple[int, int], str] = {}
         # incremental state of the inventory (see devices())
         self._local: set[int] = set()
@@ -120,6 +120,8 @@ class DeviceTracker:
         self._join_ips: set[str] = set()
         self._dirty_ips: set[str] = set()
         self._retype: set[int] = set()
+        self._changed: dict[str, Device] = {}
+        """Devices listed, re-addressed, renamed or re-typed since :meth:`take_changed`."""
         """MACs whose names, announcements, User-Agents, DHCP options or gateway role changed."""
         self._type_of_vendor: dict[str | None, tuple[str | None, float]] = {}
         self._ids: list[str] = []
@@ -181,12 +183,15 @@ class DeviceTracker:
             self._update_packets(batch)
         seen = self._seen_events
         for ev in events or ():
-            key = (ev.src_mac, ev.kind, id(ev.fields))
-            if key in seen and ev.kind != "dhcp":
-                continue  # the same announcement again (parsed fields are shared): nothing new
-            if len(seen) >= 200_000:
-                seen.clear()
-            seen[key] = ev.fields  # holding the dict keeps its id unique
+            if ev.kind != "dhcp":
+                # by content, not by object: events parsed in another process (Ray workers) or
+                # after the parse cache let go of a payload dedupe the same as shared dicts
+                key = (ev.src_mac, ev.kind, repr(ev.fields))
+                if key in seen:
+                    continue  # the same announcement again: nothing new
+                if len(seen) >= 200_000:
+                    seen.clear()
+                seen.add(key)
             self._update_event(ev)
 
     def _update_packets(self, b: PacketBatch) -> None:
@@ -392,9 +397,14 @@ class DeviceTracker:
         joined += [self._list_ip(ip) for ip in self._join_ips - self._listed_ips]
         self._join.clear()
         self._join_ips.clear()
+        changed = self._changed
+        for dev in joined:
+            changed[dev.device_id] = dev
         self._refresh_rows()
         for m in self._retype & self._listed:
-            self._guess(self._dev_of[m])
+            dev = self._dev_of[m]
+            self._guess(dev)
+            changed[dev.device_id] = dev
         self._retype.clear()
         for ip in self._dirty_ips & self._listed_ips:
             self._refresh_ip(ip)
@@ -414,6 +424,14 @@ class DeviceTracker:
             return list(self._order)
         at = bisect_left(self._ids, self._dev_of[gw].device_id)
         return [self._order[at], *self._order[:at], *self._order[at + 1 :]]
+
+    def take_changed(self) -> list[Device]:
+        """The devices whose listing, addresses, names, type or gateway role changed since the
+        last call (as of the last :meth:`devices`), gateway first, then by id; counters alone
+        do not count. Lets a consumer keep its own per-device view without walking the fleet."""
+        out = sorted(self._changed.values(), key=lambda d: (not d.is_gateway, d.device_id))
+        self._changed = {}
+        return out
 
     def _guess(self, dev: Device) -> None:
         """Rule-based type; a device with nothing but a vendor to go by is typed by vendor once."""
@@ -468,7 +486,9 @@ class DeviceTracker:
             if self._listed_rows[r]:
                 seen_at = self._ips[r]
                 ips = sorted(seen_at, key=lambda ip: -seen_at[ip])
-                self._dev_of[self._mac_at[r]].ips = ips[:MAX_NAMES]
+                dev = self._dev_of[self._mac_at[r]]
+                dev.ips = ips[:MAX_NAMES]
+                self._changed[dev.device_id] = dev
         self._ips_dirty.clear()
 
     def _list_ip(self, ip: str) -> Device:

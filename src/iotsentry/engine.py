@@ -12,14 +12,20 @@ file and the same traffic fed as hourly files give the same alerts. Per batch:
    and the packet is attributed to a device (:func:`~iotsentry.features.device_context.packet_context`);
 4. a device's learning clock starts at its own first packet; its packets before its learning
    end (``learn_seconds`` later, window-aligned) are learned; when the stream passes that end
-   the device's learning ends (:meth:`Baseline.finish`, :meth:`ProfileDetector.fit_devices`);
+   the device's learning ends (:meth:`Baseline.finish`, :meth:`ProfileDetector.fit_devices`).
+   The stream is cut into segments at clock hours and at the first learning end only: a device
+   whose learning ends inside a segment has its earlier packets (and application events)
+   counted and learned, is finished, then has its later packets counted and judged -- so a
+   large fleet, whose learning ends fall in most minutes, is not cut into minute-long pieces;
 5. the packets of devices whose learning ended are scored; findings become alerts through the
    :class:`~iotsentry.alerts.policy.AlertPolicy`; what the devices did that their baselines do
    not hold is recorded for guarded absorption (:class:`~iotsentry.baseline.living.Living`), and
    what an alert was made of is blocked from it;
-6. once per clock hour of stream time: absorption of persistent, unalerted behaviour, the
-   devices' groups (type, vendor) and name visibility are refreshed, and devices silent far
-   longer than they ever were while learning get an ``offline`` notice.
+6. once per clock hour of stream time: what devices added to their groups' knowledge since the
+   last hour joins it (across workers too, see :mod:`iotsentry.scale`), absorption of
+   persistent, unalerted behaviour, the devices' groups (type, vendor) and name visibility are
+   refreshed, and devices silent far longer than they ever were while learning get an
+   ``offline`` notice.
 
 At the first learning end (``learn_seconds`` after the first packet) the peer-group check runs
 over the devices whose learning has ended.
@@ -323,36 +329,61 @@ class DetectionEngine:
 
     def labels(self) -> list[str]:
         """Human labels of the baseline's devices, in device-number order."""
+        return list(self._labels())
+
+    def _labels(self) -> list[str]:
+        """The detector's label list (shared, kept current by :meth:`_sync_devices`), one per
+        device: the inventory's label, the device id for a device it has not listed."""
+        lab = self.detector.labels
+        ids = self.baseline.device_ids
         by_id = self._by_id
-        return [by_id[i].label if i in by_id else i for i in self.baseline.device_ids]
+        while len(lab) < len(ids):
+            d = ids[len(lab)]
+            dev = by_id.get(d)
+            lab.append(dev.label if dev is not None else d)
+        return lab
 
     def _sync_devices(self) -> None:
+        """Take the inventory's changes since the last batch (only the devices that joined or
+        changed address, name, type or gateway role: no walk over the fleet)."""
         devices = self.tracker.devices()
         self._inventory = devices  # as of the last batch taken: segments of it share it
-        self._by_id = {d.device_id: d for d in devices}
-        self._ip_of = {d.device_id: d.ips[0] for d in devices if d.ips}
-        sig = self._type_sig
-        for d in devices:
+        changed = self.tracker.take_changed()
+        self._grow()  # device numbers of a restored baseline
+        by_id, ip_of, sig, num = self._by_id, self._ip_of, self._type_sig, self._number
+        lab = self._labels()
+        new: list[str] = []
+        for d in changed:
+            did = d.device_id
+            by_id[did] = d
+            if d.ips:
+                ip_of[did] = d.ips[0]
+            else:
+                ip_of.pop(did, None)
             t = (d.device_type, d.vendor, d.is_gateway)
-            if sig.get(d.device_id) != t:
-                sig[d.device_id] = t
-                self._type_changed.add(d.device_id)
-        gw = next((d.device_id for d in devices if d.is_gateway), None)
-        new = [d.device_id for d in devices if d.device_id not in self._known]
+            if sig.get(did) != t:
+                sig[did] = t
+                self._type_changed.add(did)
+            i = num.get(did)
+            if i is not None:
+                if i < len(lab):
+                    lab[i] = d.label
+            elif did not in self._known:
+                new.append(did)
+        gw = devices[0].device_id if devices and devices[0].is_gateway else None
         if not new and gw == self._gateway:
-            self.detector.labels = self.labels()
             return
         for dev_id in new:
             self.baseline.add_device(dev_id)
             self._known.add(dev_id)
         self._grow()
+        self._labels()
         self._gateway = gw
         self.index = DeviceIndex(list(self.baseline.device_ids), gw)
         macs, numbers = self.index._macs.tolist(), self.index._mac_idx.tolist()
         self._grow()
         owned = self._owned
         self._of_mac = {int(m): int(i) for m, i in zip(macs, numbers, strict=True) if owned[i]}
-        self.detector.labels = self.labels()
 
     def _grow(self) -> None:
         """Per-device arrays sized to the baseline's devices."""
@@ -465,10 +496,10 @@ class DetectionEngine:
             start = stop
 
     def _cuts(self, t0: float, t1: float) -> list[float]:
-        """Times in ``(t0, t1]`` where the engine's state changes: learning ends, clock hours."""
-        _, ends, active = self.baseline.clocks()
-        pending = ends[~active]
-        cuts = set(pending[(pending > t0) & (pending <= t1)].tolist())
+        """Times in ``(t0, t1]`` where the whole engine's state changes: the first learning end
+        (peer groups), clock hours (group knowledge, ticks). A single device's learning end is
+        handled inside a segment (:meth:`_segment`)."""
+        cuts: set[float] = set()
         if t0 < self.t_end <= t1:
             cuts.add(self.t_end)
         if self.living is not None:
@@ -499,8 +530,25 @@ class DetectionEngine:
         if not len(b):
             return
         names, name_ts = self.tracker.ip_names, self.tracker.ip_name_ts
-        self.visibility.update_packets(b, ctx, len(self.baseline.device_ids))
-        self._count_events(pos)
+        n = len(self.baseline.device_ids)
+        dev = np.maximum(ctx.device, 0)
+        # devices whose learning ends inside this segment: their packets before the end are
+        # learned, the device is finished, the packets after it are judged (the segment is not
+        # cut at every device's learning end: in a large fleet those are most minutes)
+        _, ends, active = self.baseline.clocks()
+        mid_dev = np.flatnonzero(~active & (ends > now) & (ends <= last) & self._owned[: len(ends)])
+        events = self._take_events(pos)
+        if len(mid_dev):
+            is_mid = np.zeros(len(ends), dtype=bool)
+            is_mid[mid_dev] = True
+            post = (ctx.device >= 0) & is_mid[dev] & (b.ts >= ends[dev])
+            pre_rows, post_rows = np.flatnonzero(~post), np.flatnonzero(post)
+            self.visibility.update_packets(b.take(pre_rows), _take(ctx, pre_rows), n)
+            early, late = self._split_events(events, is_mid, ends)
+            self.visibility.update_events(early, self._of_mac, n)
+        else:
+            self.visibility.update_packets(b, ctx, n)
+            self.visibility.update_events(events, self._of_mac, n)
         rows = self._tokens.take(pos, self.index)
         learn = self.baseline.learning_mask(ctx.device, b.ts)
         if learn.any():
@@ -512,9 +560,15 @@ class DetectionEngine:
                 token_text=self._tokens.text,
                 name_ts=name_ts,
             )
-        dev = np.maximum(ctx.device, 0)
+        if len(mid_dev):
+            self._finish_devices(mid_dev.tolist(), out)
+            self._any_learned = True
+            self.visibility.update_packets(b.take(post_rows), _take(ctx, post_rows), n)
+            self.visibility.update_events(late, self._of_mac, n)
         active = self.baseline.clocks()[2]
         detect = (ctx.device >= 0) & active[dev] if len(active) else np.zeros(len(b), dtype=bool)
+        if len(mid_dev):
+            detect &= ~(is_mid[dev] & ~post)  # learned, not judged
         scores = np.zeros(len(b))
         if detect.any():
             dctx = _masked(ctx, detect)
@@ -531,16 +585,29 @@ class DetectionEngine:
             np.maximum.at(self._last_seen, ctx.device[seen], b.ts[seen])
             self._offline[ctx.device[seen]] = False
 
-    def _count_events(self, pos: npt.NDArray[np.int64]) -> None:
-        """Count the application events of the packets at ``pos`` for visibility."""
+    def _take_events(self, pos: npt.NDArray[np.int64]) -> list[AppEvent]:
+        """The application events of the packets up to the last of ``pos`` (for visibility)."""
         if not self._events or not len(pos):
-            return
+            return []
         hi = int(pos[-1]) + 1
         got = []
         while self._events and self._events[0][0] < hi:
             got.append(self._events.popleft()[1])
-        if got:
-            self.visibility.update_events(got, self._of_mac, len(self.baseline.device_ids))
+        return got
+
+    def _split_events(
+        self, events: list[AppEvent], is_mid: npt.NDArray[np.bool_], ends: npt.NDArray[np.float64]
+    ) -> tuple[list[AppEvent], list[AppEvent]]:
+        """Events counted before / after the learning end of the device they count for (a DNS
+        response counts for its receiver, anything else for its sender)."""
+        early: list[AppEvent] = []
+        late: list[AppEvent] = []
+        of_mac = self._of_mac
+        for ev in events:
+            response = ev.kind == "dns" and bool(ev.fields.get("is_response"))
+            i = of_mac.get(int(ev.dst_mac if response else ev.src_mac), -1)
+            (late if i >= 0 and is_mid[i] and ev.ts >= ends[i] else early).append(ev)
+        return early, late
 
     def _start_clocks(self, b: PacketBatch, ctx: PacketContext) -> None:
         dv = ctx.device
@@ -563,19 +630,7 @@ class DetectionEngine:
         due: list[int] = np.flatnonzero(~active & (ends <= now) & self._owned[: len(ends)]).tolist()
         if not self._any_learned and len(ends) and bool((ends <= now).any()):
             self._any_learned = True  # some device's learning ended (here or on another worker)
-        if due:
-            by_id = self._by_id
-            for i in due:
-                dev = by_id.get(self.baseline.device_ids[i])
-                if dev is not None:
-                    self.baseline.set_groups(i, device_groups(dev.device_type, dev.vendor, dev.is_gateway))
-                self._offline_after[i] = offline_after(self.baseline.profiles[i])
-            self.baseline.finish(due)
-            self._grow()
-            self._refresh_names_evidence(np.array(due, dtype=np.int64))
-            self.detector.fit_devices(due)  # learning-end findings are raised with the next findings
-            out.finished += [self.baseline.device_ids[i] for i in due]
-            self.baseline_changed = True
+        self._finish_devices(due, out)
         if not self._groups_done and now >= self.t_end and not self.learning:
             self._groups_done = True
             out.learned = True
@@ -593,6 +648,24 @@ class DetectionEngine:
                     "labels": {d: labels[num[d]] for d in ids},
                     "last_ts": {d: self.baseline.profiles[num[d]].last_ts for d in ids},
                 }
+
+    def _finish_devices(self, due: list[int], out: EngineOutput) -> None:
+        """End the learning of these devices: groups, offline pause, baseline, name evidence,
+        limits."""
+        if not due:
+            return
+        by_id = self._by_id
+        for i in due:
+            dev = by_id.get(self.baseline.device_ids[i])
+            if dev is not None:
+                self.baseline.set_groups(i, device_groups(dev.device_type, dev.vendor, dev.is_gateway))
+            self._offline_after[i] = offline_after(self.baseline.profiles[i])
+        self.baseline.finish(due)
+        self._grow()
+        self._refresh_names_evidence(np.array(due, dtype=np.int64))
+        self.detector.fit_devices(due)  # learning-end findings are raised with the next findings
+        out.finished += [self.baseline.device_ids[i] for i in due]
+        self.baseline_changed = True
 
     def _peer_devices(self) -> list[str]:
         """Devices of the peer-group check: learning ended by the first learning end."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from typing import Any
 
@@ -196,3 +197,14 @@ def test_rejects_non_finite_and_bad_config() -> None:
         AlertPolicy(min_severity=4)
     with pytest.raises(ValueError):
         AlertPolicy(dedup_window_s=-1)
+
+
+def test_dedup_key_is_the_json_list_of_its_fields() -> None:
+    """The stored key format: exactly ``json.dumps`` of the fields, for any text (quotes,
+    control characters, non-ASCII names)."""
+    rnd = random.Random(7)
+    alphabet = 'ab"\\\n\t\x00\x1f\u00e9\u4e2d\U0001f600/:.'
+    for _ in range(2000):
+        f = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8))) for _ in range(4)]
+        port = rnd.randint(0, 65535)
+        assert dedup_key(*f, port) == json.dumps([*f, port], separators=(",", ":"))

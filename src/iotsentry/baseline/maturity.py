@@ -8,7 +8,7 @@ learned range) are raised only for mature devices; absolute rules (scans, floods
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 MIN_OBSERVED_S = 600.0
@@ -32,8 +32,16 @@ class Maturity:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        return asdict(self)
+        """JSON-ready dictionary (the fields in order; built directly: one per device summary)."""
+        return {
+            "score": self.score,
+            "mature": self.mature,
+            "observed_s": self.observed_s,
+            "windows": self.windows,
+            "discoveries": self.discoveries,
+            "recent_discoveries": self.recent_discoveries,
+            "reason": self.reason,
+        }
 
 
 def maturity_of(first_ts: float, last_ts: float, discoveries: list[float], windows: int) -> Maturity:

@@ -210,3 +210,28 @@ def test_incidents_cli_lists_shows_and_changes_with_an_audit_trail(analysed: Pat
     nodb = _run("incidents", "list", "--db", str(tmp_path / "nope.db"), cwd=tmp_path)
     assert nodb.returncode == 2 and "no such store" in nodb.stderr
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_analyze_summary_lists_the_most_alerted_devices_and_counts_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet does not fit a terminal: the table keeps the devices with most alerts, says how
+    many it left out, and the store still holds every device and baseline."""
+    from iotsentry import cli
+    from iotsentry.evaluation.synthetic_home import generate_home
+    from iotsentry.store import Store
+
+    generate_home(tmp_path / "home.pcap", seed=7)
+    monkeypatch.setattr(cli, "SUMMARY_DEVICES", 2)
+    assert cli.main(["analyze", str(tmp_path / "home.pcap"), "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    with Store(tmp_path / "iotsentry.db") as store:
+        devices = store.get_devices()
+        baselines = store.latest_baselines()
+    eve = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    alerted = {e["device_id"] for e in eve if e["event_type"] == "alert"}
+    assert len(devices) > 2 and baselines
+    assert f"... and {len(devices) - 2:,} more devices" in out
+    table = out.split("Devices (top 2 by alerts)")[1].split("more devices")[0]
+    listed = [d.device_id for d in devices if d.device_id in table]
+    assert len(listed) == 2 and alerted and set(listed) & alerted

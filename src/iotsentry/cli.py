@@ -146,8 +146,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     res.stats["seconds"] = round(elapsed, 3)
     store.upsert_devices(res.devices)
-    for dev_id, prof in res.baselines.items():
-        store.save_baseline(dev_id, run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"]))
+    store.save_baselines(
+        run_id,
+        ((d, p, float(p["maturity"]["score"]), bool(p["mature"])) for d, p in res.baselines.items()),
+    )
     incidents, for_sinks = res.incidents, res.to_sinks  # each alert carries its incident_id
     notices = [a for a in res.alerts if a.event_type == "notice"]
     res.stats.update(incidents=len(incidents), notices=len(notices))
@@ -226,6 +228,10 @@ def _readable_times(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SUMMARY_DEVICES = 50
+"""Rows of the device table ``analyze`` prints (the full inventory is in its outputs)."""
+
+
 def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -235,10 +241,15 @@ def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> N
     for a in res.alerts:
         if a.event_type != "notice":
             by_dev[a.device_id] = by_dev.get(a.device_id, 0) + 1
-    t = Table(title="Devices")
+    shown = list(res.devices)
+    if len(shown) > SUMMARY_DEVICES:
+        # a fleet does not fit a terminal: the gateway and the devices with most alerts
+        shown.sort(key=lambda d: (not d.is_gateway, -by_dev.get(d.device_id, 0)))
+        shown = shown[:SUMMARY_DEVICES]
+    t = Table(title="Devices" if len(shown) == len(res.devices) else f"Devices (top {len(shown)} by alerts)")
     for c in ("device", "IP", "vendor", "names", "type", "baseline", "alerts"):
         t.add_column(c)
-    for d in res.devices:
+    for d in shown:
         b = res.baselines.get(d.device_id, {})
         mat = b.get("maturity", {})
         state = f"{'mature' if b.get('mature') else 'learning'} ({mat.get('score', 0):.2f})"
@@ -255,6 +266,9 @@ def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> N
             Text(str(n), style="bold red") if n else Text("0"),
         )
     console.print(t)
+    if len(shown) < len(res.devices):
+        more = len(res.devices) - len(shown)
+        console.print(f"... and {more:,} more devices (the store and the report list them all)")
     if incidents:
         ti = Table(title="Incidents")
         for c in ("incident", "device", "sev", "cause", "alerts", "first / last seen (UTC)", "categories"):
@@ -274,11 +288,13 @@ def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> N
                 )
             )
         console.print(ti)
-    if res.alerts:
-        ta = Table(title="Alerts")
+    security = [a for a in res.alerts if a.event_type != "notice"]
+    listed = security or list(res.alerts)  # security alerts first; notices when there are none
+    if listed:
+        ta = Table(title="Alerts" if security else "Notices")
         for c in ("time (UTC)", "device", "sev", "category", "reason"):
             ta.add_column(c, overflow="fold")
-        for a in res.alerts[:50]:
+        for a in listed[:50]:
             ta.add_row(
                 *_plain(
                     time.strftime("%H:%M:%S", time.gmtime(a.timestamp)),
@@ -289,8 +305,8 @@ def _print_summary(res: AnalysisResult, incidents: Sequence[Incident] = ()) -> N
                 )
             )
         console.print(ta)
-        if len(res.alerts) > 50:
-            console.print(f"... and {len(res.alerts) - 50} more alerts")
+        if len(listed) > 50:
+            console.print(f"... and {len(listed) - 50} more {'alerts' if security else 'notices'}")
 
 
 # -- devices --------------------------------------------------------------------------------------

@@ -214,21 +214,23 @@ class StoreBase(IncidentStore):
         self, device_id: str, run_id: int | None, profile: Mapping[str, Any], maturity: float, mature: bool
     ) -> None:
         """Store a device's profile for a run (replacing one saved earlier in the same run)."""
+        self.save_baselines(run_id, [(device_id, profile, maturity, mature)])
+
+    def save_baselines(
+        self, run_id: int | None, items: Iterable[tuple[str, Mapping[str, Any], float, bool]]
+    ) -> None:
+        """Store many devices' profiles ``(device_id, profile, maturity, mature)`` for a run in
+        one transaction (all or none), as :meth:`save_baseline` does for one."""
+        now = time.time()
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO baselines (device_id, run_id, profile, maturity, mature, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, run_id) DO UPDATE SET"
-                " profile = excluded.profile, maturity = excluded.maturity, mature = excluded.mature,"
-                " updated = excluded.updated",
-                (
-                    device_id,
-                    run_id,
-                    dumps_json(dict(profile)),
-                    float(maturity),
-                    int(bool(mature)),
-                    time.time(),
-                ),
-            )
+            for device_id, profile, maturity, mature in items:
+                c.execute(
+                    "INSERT INTO baselines (device_id, run_id, profile, maturity, mature, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, run_id) DO UPDATE SET"
+                    " profile = excluded.profile, maturity = excluded.maturity, mature = excluded.mature,"
+                    " updated = excluded.updated",
+                    (device_id, run_id, dumps_json(dict(profile)), float(maturity), int(bool(mature)), now),
+                )
 
     def latest_baselines(self) -> dict[str, dict[str, Any]]:
         """The most recently saved baseline of every device.

@@ -182,11 +182,16 @@ class DeviceTracker:
         if len(batch):
             self._update_packets(batch)
         seen = self._seen_events
+        text: dict[int, str] = {}  # events of a batch share parsed dicts: one repr per dict
         for ev in events or ():
             if ev.kind != "dhcp":
                 # by content, not by object: events parsed in another process (Ray workers) or
                 # after the parse cache let go of a payload dedupe the same as shared dicts
-                key = (ev.src_mac, ev.kind, repr(ev.fields))
+                f = ev.fields
+                t = text.get(id(f))
+                if t is None:
+                    t = text[id(f)] = repr(f)
+                key = (ev.src_mac, ev.kind, t)
                 if key in seen:
                     continue  # the same announcement again: nothing new
                 if len(seen) >= 200_000:

@@ -74,6 +74,7 @@ def build_template(files: list[Path]) -> dict[str, Any]:
         for f in files:
             parts.append(read_all(f, with_raw=True))
     b = PacketBatch.concat(parts)
+    b = b.take(np.argsort(b.ts, kind="stable"))  # one time-ordered capture (copies follow in time)
     assert b.raw is not None and b.raw_off is not None
     n = len(b)
     cap = b.cap_len.astype(np.int64)

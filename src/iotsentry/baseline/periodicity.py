@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -294,7 +295,9 @@ class PeriodicityTracker:
         return [self.schedules[k] for k in self._schedule_keys({device})]
 
 
-def last_packet_of_devices(ts: npt.NDArray[np.float64], device: npt.NDArray[np.int64]) -> dict[int, float]:
+def last_packet_of_devices(
+    ts: npt.NDArray[np.float64], device: npt.NDArray[np.signedinteger[Any]]
+) -> dict[int, float]:
     """Each known device's latest packet time among ``ts`` (rows with device < 0 ignored)."""
     known = device >= 0
     if not known.any():

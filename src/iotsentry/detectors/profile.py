@@ -279,7 +279,25 @@ def _squash(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 class SlowScanState:
-    """The new targets one device reached after learning, for the slow-scan rule (bounded)."""
+    """The new targets one device reached after learning, for the slow-scan rule (bounded).
+
+    One per device: slots, and the queue of recent targets made on first use (a fleet's quiet
+    devices hold no empty deque each)."""
+
+    __slots__ = (
+        "_recent",
+        "cap",
+        "conn_limit",
+        "conn_next_ts",
+        "conns",
+        "horizon_s",
+        "learned",
+        "limit",
+        "next_ts",
+        "per_peer",
+        "per_port",
+        "seen",
+    )
 
     def __init__(self, limit: float, learned: float, horizon_s: float, cap: int) -> None:
         self.limit = limit
@@ -289,8 +307,7 @@ class SlowScanState:
         self.seen: dict[int, tuple[float, int, int, int, int, float]] = {}
         """Target key -> (first time, peer hi, peer lo, protocol, port, its part in a scan);
         at most ``cap``, the oldest forgotten first."""
-        self.recent: deque[tuple[float, tuple[int, int], tuple[int, int]]] = deque()
-        """(first time, peer, (protocol, port)) of the targets first reached inside the horizon."""
+        self._recent: deque[tuple[float, tuple[int, int], tuple[int, int]]] | None = None
         self.per_peer: Counter[tuple[int, int]] = Counter()
         self.per_port: Counter[tuple[int, int]] = Counter()
         self.next_ts = -np.inf
@@ -301,6 +318,13 @@ class SlowScanState:
         ``conn_limit`` + 1 of them."""
         self.conn_next_ts = -np.inf
         """Earliest time of the next repeated-attempt finding (one per horizon)."""
+
+    @property
+    def recent(self) -> deque[tuple[float, tuple[int, int], tuple[int, int]]]:
+        """(first time, peer, (protocol, port)) of the targets first reached inside the horizon."""
+        if self._recent is None:
+            self._recent = deque()
+        return self._recent
 
     def attempt(self, key: int, t: float, tcp: bool) -> int:
         """Record a connection attempt to a known new target; returns the attempts in the horizon.

@@ -202,3 +202,23 @@ def test_operator_feedback_absorbs_an_incidents_behaviour_and_takes_it_back(tmp_
     )
     with pytest.raises(ValueError, match="scope"):
         eng.apply_feedback("absorb", HUB_MAC, "everyone", evidence, who="x", ts=0.0, reason="x")
+
+
+def test_baselines_are_summarised_when_read_not_for_the_whole_fleet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine.baselines() names the learned devices; a summary is built only for the device read
+    (the monitor saves the changed devices' profiles without summarising every device)."""
+    path = write(tmp_path / "home.pcap", _home().rows)
+    eng = DetectionEngine(LEARN_S)
+    for b in read_packets(path, batch_size=2_000, with_raw=keep_raw_for_app_fields):
+        eng.ingest(b)
+    eng.flush()
+    made: list[int] = []
+    real = eng.summary
+    monkeypatch.setattr(eng, "summary", lambda i: made.append(i) or real(i))
+    base = eng.baselines()
+    assert set(base) == {HUB_MAC, CAM_MAC, LATE_MAC, SENSOR_MAC} and made == []
+    hub = base[HUB_MAC]
+    assert len(made) == 1 and hub["device_id"] == HUB_MAC and "TCP/443" in str(hub["services"])
+    assert dict(base)[HUB_MAC] == hub  # the same profile however often it is read

@@ -907,23 +907,48 @@ class DetectionEngine:
         ids = [d for i, d in enumerate(self.baseline.device_ids) if active[i] and self._owned[i]]
         return profile_vectors(self.baseline, min_windows=min_windows, devices=ids)
 
-    def baselines(self) -> dict[str, dict[str, Any]]:
-        """The profiles of devices whose learning ended, JSON-ready (limits, maturity, schedules)."""
+    def baselines(self) -> BaselineSummaries:
+        """The profiles of devices whose learning ended, JSON-ready (limits, maturity, schedules),
+        each made when it is read (see :class:`BaselineSummaries`)."""
         det = self.detector
-        out: dict[str, dict[str, Any]] = {}
-        for i, prof in enumerate(self.baseline.profiles):
-            if not prof.active or i >= len(det.window_models):
-                continue
-            s = prof.summary()
-            s["limits"] = dict(zip(_features(), det.window_models[i].limits_.tolist(), strict=True))
-            s["mature"] = det.mature[i]
-            s["schedules"] = [
-                {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
-                for x in self.baseline.periodicity.device_schedules(i)
-            ]
-            s["visibility"] = self.visibility.of(i)
-            out[prof.device_id] = s
-        return out
+        ids = {
+            prof.device_id: i
+            for i, prof in enumerate(self.baseline.profiles)
+            if prof.active and i < len(det.window_models)
+        }
+        return BaselineSummaries(ids, self.summary)
+
+    def summary(self, i: int) -> dict[str, Any]:
+        """Device ``i``'s profile, JSON-ready, with its limits, maturity, schedules, visibility."""
+        det = self.detector
+        s = self.baseline.profiles[i].summary()
+        s["limits"] = dict(zip(_features(), det.window_models[i].limits_.tolist(), strict=True))
+        s["mature"] = det.mature[i]
+        s["schedules"] = [
+            {"peer": x.peer, "service": x.service, "period_s": round(x.period_s, 1), "count": x.count}
+            for x in self.baseline.periodicity.device_schedules(i)
+        ]
+        s["visibility"] = self.visibility.of(i)
+        return s
+
+
+class BaselineSummaries(Mapping[str, dict[str, Any]]):
+    """Device id -> JSON-ready profile of the devices whose learning had ended when it was made,
+    each summary built when read and not kept: a fleet of 100 k devices never holds 100 k
+    summaries at once (about 6 kB each), and a caller that needs a few reads only those."""
+
+    def __init__(self, ids: dict[str, int], make: Callable[[int], dict[str, Any]]) -> None:
+        self._ids = ids
+        self._make = make
+
+    def __getitem__(self, device_id: str) -> dict[str, Any]:
+        return self._make(self._ids[device_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class _YoungKinds(Mapping[int, frozenset[str]]):

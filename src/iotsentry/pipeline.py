@@ -20,7 +20,7 @@ Two cases need more than that one read:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,7 +97,9 @@ class AnalysisResult:
 
     devices: list[Device]
     alerts: list[Alert]
-    baselines: dict[str, dict[str, Any]]
+    baselines: Mapping[str, dict[str, Any]]
+    """Device id -> JSON-ready profile (from one engine: each built when read; see
+    :class:`~iotsentry.engine.BaselineSummaries`)."""
     timelines: dict[str, dict[str, list[float]]]
     stats: dict[str, Any] = field(default_factory=dict)
     peer_groups: list[dict[str, Any]] = field(default_factory=list)
@@ -337,7 +339,8 @@ class Analyzer:
             self.tokens.text.update(engine._tokens.text)
             self.app_events = engine.app_events
             raw_devices, device_ids = engine.devices(), engine.baseline.device_ids
-            alerts, baselines = engine.policy.alerts(), engine.baselines()
+            alerts = engine.policy.alerts()
+            baselines: Mapping[str, dict[str, Any]] = engine.baselines()
             t_end, suppressed, notices = engine.t_end, engine.policy.suppressed, engine.policy.notices
             visibility = engine.visibility.site()
             groups = self._group_summary(*engine.peer_vectors())

@@ -1192,7 +1192,7 @@ def _analysis(path: Path, learn_s: float, reference: bool, monkeypatch: pytest.M
         alerts,
         np.concatenate(scores) if scores else np.zeros(0),
         res.absorbed,
-        res.baselines,
+        dict(res.baselines),
         res.timelines,
     )
 

@@ -27,7 +27,7 @@ def _canon(r: AnalysisResult) -> dict[str, Any]:
     return {
         "alerts": [a.to_eve() for a in r.alerts],
         "incidents": sorted(json.dumps(i.to_dict(), sort_keys=True, default=str) for i in r.incidents),
-        "baselines": json.dumps(r.baselines, sort_keys=True, default=str),
+        "baselines": json.dumps(dict(r.baselines), sort_keys=True, default=str),
         "absorbed": sorted(json.dumps(x, sort_keys=True, default=str) for x in r.absorbed),
         "timelines": json.dumps(r.timelines, sort_keys=True),
         "devices": [json.dumps(d.to_dict(), sort_keys=True, default=str) for d in r.devices],

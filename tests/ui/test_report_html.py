@@ -179,3 +179,24 @@ def test_incidents_are_folded_from_the_alerts_when_not_given(tmp_path: Path) -> 
     assert _section(page, "Incidents").count("<tr><td>inc-") == 3
     assert all(a.incident_id == "" for a in alerts)  # the caller's alerts are not changed
     assert "No notices." in _section(page, "Notices")
+
+
+def test_a_fleet_report_lists_the_most_alerted_devices_and_counts_the_rest(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The device table is capped (a page a browser opens); baselines are read only for the
+    devices it lists, so a lazily built mapping is not walked for the whole fleet."""
+    from iotsentry.ui import report_html
+
+    monkeypatch.setattr(report_html, "REPORT_DEVICES", 2)
+    read: list[str] = []
+
+    class Counting(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            read.append(key)
+            return super().get(key, default)
+
+    page = _write(tmp_path, baselines=Counting({"aa:bb:cc:dd:ee:01": {"maturity": 0.93, "mature": True}}))
+    assert "2 devices with the most alerts shown; 1 more are in the store" in page
+    assert "quiet-plug" not in page  # the device without alerts is the one left out
+    assert sorted(read) == ["aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02"]

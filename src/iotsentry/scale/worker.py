@@ -92,7 +92,7 @@ class ShardWorker:
             "owned": owned,
             "devices": [d for d in eng.devices() if d.device_id in owned],
             "all_devices": eng.devices() if eng.shard is not None and eng.shard[0] == 0 else [],
-            "baselines": eng.baselines(),
+            "baselines": dict(eng.baselines()),
             "alerts": eng.policy.alerts(),
             "suppressed": eng.policy.suppressed,
             "notices": eng.policy.notices,

@@ -70,7 +70,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -415,12 +415,16 @@ class Monitor:
     def _learned(self) -> None:
         self._state["learned"] = True
         self.metrics.set(learning=False)
-        baselines = self.engine.baselines()
-        for dev_id, prof in baselines.items():
-            self.store.save_baseline(
-                dev_id, self.run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"])
-            )
-        mature = sum(1 for p in baselines.values() if p["mature"])
+        baselines = self.engine.baselines()  # each summary made as it is read: read once
+        mature = 0
+
+        def rows() -> Iterator[tuple[str, dict[str, Any], float, bool]]:
+            nonlocal mature
+            for dev_id, prof in baselines.items():
+                mature += bool(prof["mature"])
+                yield dev_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"])
+
+        self.store.save_baselines(self.run_id, rows())
         self._audit(
             "baseline.learned",
             "baseline",

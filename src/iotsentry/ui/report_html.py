@@ -212,6 +212,10 @@ def visibility_text(v: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+REPORT_DEVICES = 2000
+"""Rows of the report's device table (the devices with most alerts first): a page a browser opens."""
+
+
 def _device_table(
     devices: Sequence[Device],
     baselines: Mapping[str, Mapping[str, Any]],
@@ -224,7 +228,7 @@ def _device_table(
     )
     ordered = sorted(devices, key=lambda d: (-len(per_device.get(d.device_id, [])), d.device_id))
     rows: list[str] = []
-    for d in ordered:
+    for d in ordered[:REPORT_DEVICES]:
         mine = per_device.get(d.device_id, [])
         base = baselines.get(d.device_id)
         mat = base.get("maturity") if base is not None else None
@@ -257,7 +261,14 @@ def _device_table(
         )
     if not rows:
         return '<p class="muted">No devices.</p>'
-    return f"<table>{head}{''.join(rows)}</table>"
+    more = len(ordered) - len(rows)
+    note = (
+        f'<p class="muted">{len(rows):,} devices with the most alerts shown; {more:,} more are in '
+        "the store (<code>iotsentry devices</code>, the API, the dashboard).</p>"
+        if more > 0
+        else ""
+    )
+    return f"{note}<table>{head}{''.join(rows)}</table>"
 
 
 def _alert_table(alerts: Sequence[Alert], by_id: Mapping[str, Device], max_rows: int) -> str:
@@ -357,7 +368,7 @@ def write_report(
     devices: list[Device],
     alerts: list[Alert],
     timelines: dict[str, dict[str, list[Any]]],
-    baselines: dict[str, dict[str, Any]],
+    baselines: Mapping[str, Mapping[str, Any]],
     run_info: dict[str, Any],
     max_alert_rows: int = 5000,
     max_device_plots: int = 60,

@@ -46,9 +46,10 @@ class ShardWorker:
         return got
 
     def step(
-        self, batch: PacketBatch, events: list[AppEvent], learn_until: float | None = None
+        self, batch: PacketBatch, events: list[AppEvent] | None, learn_until: float | None = None
     ) -> dict[str, Any]:
-        """Ingest one batch (its application events parsed by the driver)."""
+        """Ingest one batch (``events``: its application events if already parsed, else parsed
+        here from the batch's raw bytes)."""
         if learn_until is not None:
             self.engine.learn_until = learn_until
         return self._result(self.engine.ingest(batch, events))

@@ -164,3 +164,24 @@ def test_iot_sentinel_devices_of_one_type_mostly_share_a_group() -> None:
     shuffled = adjusted_rand_score(np.random.default_rng(0).permutation(types), pg.labels_)
     print(f"IoT SENTINEL: {len(ids)} setups, {pg.n_groups} groups, ARI {ari:.3f} (shuffled {shuffled:.3f})")
     assert ari > 0.35 and shuffled < 0.05
+
+
+@pytest.mark.parametrize("link", ["average", "complete", "single"])
+def test_hierarchy_cut_is_the_partition_scikit_learn_gives(link: str) -> None:
+    """The SciPy tree cut equals AgglomerativeClustering(distance_threshold=...): merges strictly
+    below the threshold, on clustered, tied (rounded, duplicated) and boundary data."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    rng = np.random.default_rng(3)
+    pg = PeerGroups(linkage=link)
+    cases = []
+    for trial in range(60):
+        n, k = int(rng.integers(2, 120)), int(rng.integers(1, 6))
+        centers = rng.normal(0, 3, size=(k, 4))
+        X = centers[rng.integers(0, k, n)] + rng.normal(0, float(rng.choice([0.0, 0.2, 1.0])), size=(n, 4))
+        cases.append(np.round(X, 1) if trial % 2 else X)
+    t = pg.distance_threshold
+    cases.append(np.array([[0.0, 0.0], [t, 0.0], [5 * t, 0.0]]))  # a pair exactly at the threshold
+    for X in cases:
+        want = AgglomerativeClustering(n_clusters=None, distance_threshold=t, linkage=link).fit_predict(X)
+        assert adjusted_rand_score(pg._agglomerative(X), want) == 1.0

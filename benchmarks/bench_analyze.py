@@ -103,25 +103,32 @@ def measure_nfstream(path: Path, limit: int, tmp: Path) -> dict[str, Any]:
 def measure_cli(path: Path, out_dir: Path, workers: int) -> dict[str, Any]:
     """Wall time of the whole ``iotsentry analyze`` process: interpreter start-up, imports,
     reading, analysis, store, report (what a user waits for)."""
-    exe = Path(sys.executable).with_name("iotsentry")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "iotsentry.cli"]
-    cmd += ["analyze", str(path), "--out-dir", str(out_dir), "--json"]
+    argv = ["analyze", str(path), "--out-dir", str(out_dir), "--json"]
     if workers > 1:
-        cmd += ["--workers", str(workers)]
+        argv += ["--workers", str(workers)]
+    # the command's own entry point, its peak RSS (VmHWM) printed last on stderr: ru_maxrss of a
+    # child can report this parent's peak (it held the big capture while building it)
+    code = (
+        "import sys\nfrom iotsentry.cli import main\nrc = main(sys.argv[1:])\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)\n"
+        "sys.exit(rc)"
+    )
+    cmd = [sys.executable, "-c", code, *argv]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if res.returncode != 0:
         return {"skipped": (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]}
     out = json.loads(res.stdout)
+    hwm = res.stderr.strip().splitlines()[-1].split()
     return {
         "packets": int(out["stats"]["packets"]),
         "seconds": dt,
-        "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "maxrss_mb": int(hwm[1]) / 1024,
         "devices": len(out["devices"]),
         "alerts": len(out["alerts"]),
         "flows": out["stats"]["flows"],
-        "command": " ".join(cmd),
+        "command": "iotsentry " + " ".join(argv),
     }
 
 

@@ -873,26 +873,14 @@ class DetectionEngine:
         baseline = self.baseline
         labels = self.labels()
         label_of = dict(zip(baseline.device_ids, labels, strict=False))
-        out: list[Alert] = []
         active = self._peer_devices()
         found = peer_group_findings(
             baseline, label_of, min_windows=PEER_MIN_WINDOWS, groups=PeerGroups(), devices=active
         )
-        for f in found:
-            prof = baseline.profiles[self._number[f["device_id"]]]
-            a = self.policy.make(
-                ts=prof.last_ts,
-                device_id=f["device_id"],
-                detector="peer-groups",
-                detector_version="1",
-                score=float(f["score"]),
-                threshold=float(f["threshold"]),
-                category="peer-outlier",
-                reason=str(f["reason"]),
-            )
-            if a is not None:
-                out.append(a)
-        return out
+        last_ts = {
+            str(f["device_id"]): baseline.profiles[self._number[f["device_id"]]].last_ts for f in found
+        }
+        return peer_outlier_alerts(self.policy, found, last_ts)
 
     # -- results -----------------------------------------------------------------------------
     def owned_ids(self) -> set[str]:
@@ -970,6 +958,28 @@ class _YoungKinds(Mapping[int, frozenset[str]]):
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._code))
+
+
+def peer_outlier_alerts(
+    policy: AlertPolicy, findings: Sequence[Mapping[str, Any]], last_ts: Mapping[str, float]
+) -> list[Alert]:
+    """Alerts of peer-group findings, each at its device's latest packet time."""
+    out: list[Alert] = []
+    for f in findings:
+        dev = str(f["device_id"])
+        a = policy.make(
+            ts=last_ts[dev],
+            device_id=dev,
+            detector="peer-groups",
+            detector_version="1",
+            score=float(f["score"]),
+            threshold=float(f["threshold"]),
+            category="peer-outlier",
+            reason=str(f["reason"]),
+        )
+        if a is not None:
+            out.append(a)
+    return out
 
 
 def shard_of(device_id: str, shards: int) -> int:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from iotsentry.alerts.policy import AlertPolicy
 from iotsentry.baseline.peer_groups import PeerGroups, vector_findings
-from iotsentry.engine import EngineOutput, ScoreSink
+from iotsentry.engine import EngineOutput, ScoreSink, peer_outlier_alerts
 from iotsentry.schema import Alert, Device, PacketBatch
 
 __all__ = ["ShardedEngine", "ShardedResult", "start_ray"]
@@ -199,22 +199,7 @@ class ShardedEngine:
         order = np.argsort(np.array(numbers), kind="stable")
         ids = [ids[i] for i in order.tolist()]
         X = np.vstack(rows)[order]
-        out: list[Alert] = []
-        for f in vector_findings(ids, X, labels, PeerGroups()):
-            dev = str(f["device_id"])
-            a = self.policy.make(
-                ts=last_ts[dev],
-                device_id=dev,
-                detector="peer-groups",
-                detector_version="1",
-                score=float(f["score"]),
-                threshold=float(f["threshold"]),
-                category="peer-outlier",
-                reason=str(f["reason"]),
-            )
-            if a is not None:
-                out.append(a)
-        return out
+        return peer_outlier_alerts(self.policy, vector_findings(ids, X, labels, PeerGroups()), last_ts)
 
     # -- results -------------------------------------------------------------------------------
     def result(self) -> ShardedResult:

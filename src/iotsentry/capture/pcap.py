@@ -13,16 +13,22 @@ byte offset of the first unusable record.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from collections.abc import Iterator
-from io import BufferedReader
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from iotsentry.capture.compressed import (
+    COMPRESSED_READ,
+    DECOMPRESSION_ERRORS,
+    MIN_COMPRESSED_BATCH,
+    open_input,
+)
 from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock, RawSpec
 from iotsentry.errors import CaptureDamaged, InputError
 from iotsentry.schema import PacketBatch
@@ -160,8 +166,12 @@ def read_pcap(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    with open(path, "rb") as f:
-        head = f.read(GLOBAL_HEADER_LEN)
+    f, compression = open_input(path)
+    with f:
+        try:
+            head = f.read(GLOBAL_HEADER_LEN)
+        except DECOMPRESSION_ERRORS as err:
+            raise InputError(path, f"damaged {compression} stream: {err}") from None
         try:
             big, divisor, snaplen, linktype = parse_header(path, head)
         except _HeaderCut:
@@ -169,12 +179,22 @@ def read_pcap(
             return
         max_caplen = max(262144, min(snaplen, MAX_RECORD))
         yield from _records(
-            f, path, big, divisor, max_caplen, linktype, batch_size, with_raw, decode, chunk_bytes
+            f,
+            path,
+            big,
+            divisor,
+            max_caplen,
+            linktype,
+            batch_size,
+            with_raw,
+            decode,
+            chunk_bytes,
+            compression,
         )
 
 
 def _records(
-    f: BufferedReader,
+    f: io.BufferedIOBase,
     path: str | Path,
     big: bool,
     divisor: float,
@@ -184,12 +204,14 @@ def _records(
     with_raw: RawSpec,
     decode: bool,
     chunk_bytes: int,
+    compression: str | None = None,
 ) -> Iterator[PacketBatch]:
     size = Path(path).stat().st_size
     remaining_max = max(0, (size - GLOBAL_HEADER_LEN) // RECORD_HEADER_LEN)
+    least = 1 if compression is None else MIN_COMPRESSED_BATCH  # its packets are not bounded by size
 
     def new_builder(first: int) -> BatchBuilder:
-        return BatchBuilder(min(batch_size, max(1, remaining_max - first)), first, with_raw, decode)
+        return BatchBuilder(min(batch_size, max(least, remaining_max - first)), first, with_raw, decode)
 
     buf = np.empty(max(chunk_bytes, 1 << 16), dtype=np.uint8)
     blk_cap = len(buf) // RECORD_HEADER_LEN + 1
@@ -241,7 +263,14 @@ def _records(
                 grown = np.empty(need, dtype=np.uint8)
                 grown[:left] = buf[:left]
                 buf = grown
-        got = f.readinto(buf[valid:].data)
+        try:
+            if compression is None:
+                got = f.readinto(buf[valid:].data)
+            else:  # one decompression step at a time: a damaged stream loses only its last step
+                got = f.readinto1(buf[valid : valid + COMPRESSED_READ].data)
+        except DECOMPRESSION_ERRORS as err:  # every complete record before it is kept
+            _warn(path, base + valid, f"{compression} stream damaged ({err})", total)
+            break
         if not got:
             eof = True
         else:

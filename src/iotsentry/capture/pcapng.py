@@ -14,16 +14,22 @@ files.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from collections.abc import Iterator
-from io import BufferedReader
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from iotsentry.capture.compressed import (
+    COMPRESSED_READ,
+    DECOMPRESSION_ERRORS,
+    MIN_COMPRESSED_BATCH,
+    open_input,
+)
 from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock, RawSpec
 from iotsentry.errors import CaptureDamaged, InputError
 from iotsentry.schema import PacketBatch
@@ -248,18 +254,26 @@ def read_pcapng(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    with open(path, "rb") as f:
-        yield from _blocks(f, path, batch_size, with_raw, decode, chunk_bytes)
+    f, compression = open_input(path)
+    with f:
+        yield from _blocks(f, path, batch_size, with_raw, decode, chunk_bytes, compression)
 
 
 def _blocks(
-    f: BufferedReader, path: str | Path, batch_size: int, with_raw: RawSpec, decode: bool, chunk_bytes: int
+    f: io.BufferedIOBase,
+    path: str | Path,
+    batch_size: int,
+    with_raw: RawSpec,
+    decode: bool,
+    chunk_bytes: int,
+    compression: str | None = None,
 ) -> Iterator[PacketBatch]:
     size = Path(path).stat().st_size
     remaining_max = size // 16 + 1  # the smallest packet block (SPB) is 16 bytes
+    least = 1 if compression is None else MIN_COMPRESSED_BATCH  # its packets are not bounded by size
 
     def new_builder(first: int) -> BatchBuilder:
-        return BatchBuilder(min(batch_size, max(1, remaining_max - first)), first, with_raw, decode)
+        return BatchBuilder(min(batch_size, max(least, remaining_max - first)), first, with_raw, decode)
 
     buf = np.empty(max(chunk_bytes, 1 << 16), dtype=np.uint8)
     blk_cap = len(buf) // 16 + 1
@@ -350,7 +364,14 @@ def _blocks(
             grown = np.empty(need, dtype=np.uint8)
             grown[:left] = buf[:left]
             buf = grown
-        got = f.readinto(buf[valid:].data)
+        try:
+            if compression is None:
+                got = f.readinto(buf[valid:].data)
+            else:  # one decompression step at a time: a damaged stream loses only its last step
+                got = f.readinto1(buf[valid : valid + COMPRESSED_READ].data)
+        except DECOMPRESSION_ERRORS as err:  # every complete block before it is kept
+            _warn(path, base + valid, f"{compression} stream damaged ({err})", total)
+            break
         if not got:
             eof = True
         else:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.capture.compressed import DECOMPRESSION_ERRORS, open_input
 from iotsentry.capture.decode import RawSpec
 from iotsentry.capture.pcap import MAGIC_NSEC, MAGIC_USEC, read_pcap
 from iotsentry.capture.pcapng import SHB_TYPE, read_pcapng
@@ -28,33 +29,39 @@ __all__ = ["capture_format", "count_packets", "read_all", "read_packets"]
 
 
 def capture_format(path: str | Path) -> str:
-    """``"pcap"``, ``"pcapng"`` or ``"empty"`` (0 bytes), from the file's magic number.
+    """``"pcap"``, ``"pcapng"`` or ``"empty"`` (0 bytes), from the file's magic number (after
+    decompression when the file is gzip, xz, bzip2 or zstd: see :mod:`~iotsentry.capture.compressed`).
 
     Raises
     ------
     InputError
         The file cannot be opened or is not a pcap / pcapng capture.
     """
+    kind: str | None = None
     try:
-        with open(path, "rb") as f:
+        f, kind = open_input(path)
+        with f:
             head = f.read(4)
     except IsADirectoryError:
         raise InputError(path, "is a directory, not a capture file") from None
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
+    except DECOMPRESSION_ERRORS as exc:
+        raise InputError(path, f"damaged {kind or 'compressed'} stream ({exc})") from None
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    inside = f" ({kind}-compressed)" if kind else ""
     if not head:
         return "empty"
     if len(head) < 4:
-        raise InputError(path, "not a pcap or pcapng capture (file shorter than a magic number)")
+        raise InputError(path, f"not a pcap or pcapng capture{inside} (file shorter than a magic number)")
     (le,) = struct.unpack("<I", head)
     (be,) = struct.unpack(">I", head)
     if le == SHB_TYPE:
         return "pcapng"
     if le in (MAGIC_USEC, MAGIC_NSEC) or be in (MAGIC_USEC, MAGIC_NSEC):
         return "pcap"
-    raise InputError(path, f"not a pcap or pcapng capture (magic number 0x{be:08x})")
+    raise InputError(path, f"not a pcap or pcapng capture{inside} (magic number 0x{be:08x})")
 
 
 def read_packets(

@@ -29,3 +29,13 @@ class CaptureDamaged(Warning):
         super().__init__(
             f"{self.path}: {problem} at byte offset {offset}; kept the {packets_read} packets before it"
         )
+
+
+class LogDamaged(Warning):
+    """A flow log's compressed stream ended in damage; every line before it was read."""
+
+    def __init__(self, path: str | Path, line: int, problem: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem} after line {line}; kept the lines before it")

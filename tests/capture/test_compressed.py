@@ -19,9 +19,10 @@ from pcapgen import epb, eth, idb, ipv4, pcap_bytes, shb, udp
 from conftest import data_path
 from iotsentry.capture.compressed import compression_of_file
 from iotsentry.capture.reader import capture_format, read_all, read_packets
-from iotsentry.errors import CaptureDamaged, InputError
+from iotsentry.capture.zeek import read_conn_log, read_flows
+from iotsentry.errors import CaptureDamaged, InputError, LogDamaged
 from iotsentry.pipeline import AnalysisConfig, Analyzer
-from iotsentry.schema import PacketBatch
+from iotsentry.schema import FlowBatch, PacketBatch
 
 
 def _zstd_streamed(data: bytes) -> bytes:
@@ -120,3 +121,44 @@ def test_analysis_of_a_compressed_real_capture_equals_the_plain_one(tmp_path: Pa
     assert [x.to_eve() for x in a.alerts] == [x.to_eve() for x in b.alerts]
     assert [d.to_dict() for d in a.devices] == [d.to_dict() for d in b.devices]
     assert dict(a.baselines) == dict(b.baselines)
+
+
+# ------------------------------------------------------------------------------ flow logs
+
+
+def _flows_equal(a: FlowBatch, b: FlowBatch) -> bool:
+    return len(a) == len(b) and all(np.array_equal(a.columns[k], b.columns[k]) for k in a.columns)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "zstd"])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("iot23", "zeek", "CTU-Honeypot-Capture-4-1", "conn.log.labeled"),  # Zeek TSV, labeled
+        ("iot23", "csv", "CTU-Honeypot-Capture-5-1-labeled.csv"),  # IoT-23 flow CSV
+    ],
+    ids=["zeek-tsv", "flow-csv"],
+)
+def test_compressed_flow_logs_read_as_the_plain_ones(
+    tmp_path: Path, kind: str, parts: tuple[str, ...]
+) -> None:
+    src = data_path(*parts)
+    packed = tmp_path / "flows.bin"
+    packed.write_bytes(COMPRESSORS[kind](src.read_bytes()))
+    plain = read_flows(src)
+    assert len(plain) > 100 and _flows_equal(read_flows(packed), plain)
+
+
+def test_a_cut_compressed_zeek_log_keeps_the_rows_before_the_cut(tmp_path: Path) -> None:
+    src = data_path("iot23", "zeek", "CTU-Honeypot-Capture-4-1", "conn.log.labeled")
+    data = gzip.compress(src.read_bytes())
+    cut = tmp_path / "conn.log.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = read_conn_log(cut)
+    damage = [w for w in caught if issubclass(w.category, LogDamaged)]
+    assert len(damage) == 1 and "conn.log.gz: compressed stream damaged" in str(damage[0].message)
+    whole = read_conn_log(src)
+    assert 0 < len(got) < len(whole)
+    assert all(np.array_equal(got.columns[k], whole.columns[k][: len(got)]) for k in got.columns)

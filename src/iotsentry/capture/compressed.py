@@ -13,9 +13,13 @@ import bz2
 import gzip
 import io
 import lzma
+import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from iotsentry.errors import LogDamaged
 
 MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip"),
@@ -65,6 +69,31 @@ def compression_of_file(path: str | Path) -> str | None:
     """The compression format of a file (from its first bytes), else ``None``."""
     with open(path, "rb") as f:
         return compression_of(f.read(8))
+
+
+def open_text(path: str | Path) -> io.TextIOWrapper:
+    """A text log (UTF-8, a BOM skipped, undecodable bytes replaced), decompressed when it is
+    compressed; iterate it with :func:`text_lines` so that a damaged stream ends the lines with
+    a warning instead of an exception."""
+    stream, _ = open_input(path)
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")  # type: ignore[arg-type]
+
+
+def text_lines(f: Iterable[str], path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of an opened text log; a decompression error ends them with one
+    :class:`~iotsentry.errors.LogDamaged` warning (the lines before it are kept)."""
+    lineno = 0
+    it = iter(f)
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except DECOMPRESSION_ERRORS as err:
+            warnings.warn(LogDamaged(path, lineno, f"compressed stream damaged ({err})"), stacklevel=3)
+            return
+        lineno += 1
+        yield lineno, line
 
 
 def open_input(path: str | Path) -> tuple[io.BufferedIOBase, str | None]:

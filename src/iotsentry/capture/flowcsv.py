@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iotsentry.capture.compressed import DECOMPRESSION_ERRORS, open_text, text_lines
 from iotsentry.capture.zeek import USED_COLUMNS, build_flow_batch, canonical_name, check_required
 from iotsentry.errors import InputError
 from iotsentry.schema import FlowBatch
@@ -49,14 +50,17 @@ def iter_flow_csv(path: str | Path, *, chunk_rows: int = 100_000) -> Iterator[Fl
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be positive")
     try:
-        f = p.open("r", encoding="utf-8-sig", errors="replace", newline="")
+        with open_text(p) as head:  # compressed CSVs are read inside
+            binary = "\x00" in head.read(4096)
+        f = open_text(p)
+    except DECOMPRESSION_ERRORS as err:
+        raise InputError(p, f"damaged compressed stream ({err})") from None
     except OSError as err:
         raise InputError(p, f"cannot read: {err.strerror or err}") from None
     with f:
-        if "\x00" in f.read(4096):
+        if binary:
             raise InputError(p, "not a flow CSV (binary data)")
-        f.seek(0)
-        reader = csv.reader(f)
+        reader = csv.reader(line for _, line in text_lines(f, p))
         header: list[str] | None = None
         rows: list[list[str]] = []
         lines: list[int] = []

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iotsentry.capture.compressed import DECOMPRESSION_ERRORS, open_input, open_text, text_lines
 from iotsentry.errors import InputError
 from iotsentry.schema import PROTO_NUMBERS, FlowBatch, ip_from_str, mac_from_str
 
@@ -306,10 +307,15 @@ def check_required(names: Sequence[str], path: str | Path) -> None:
 
 
 def _sniff(path: Path) -> str:
-    """``"tsv"``, ``"json"``, ``"csv"``, ``"empty"`` or ``"other"`` from the first bytes."""
+    """``"tsv"``, ``"json"``, ``"csv"``, ``"empty"`` or ``"other"`` from the first bytes (of the
+    decompressed stream when the log is gzip, xz, bzip2 or zstd)."""
+    kind: str | None = None
     try:
-        with path.open("rb") as f:
+        f, kind = open_input(path)  # compressed logs are sniffed inside
+        with f:
             head = f.read(_SNIFF_BYTES)
+    except DECOMPRESSION_ERRORS as err:
+        raise InputError(path, f"damaged {kind or 'compressed'} stream ({err})") from None
     except OSError as err:
         raise InputError(path, f"cannot read: {err.strerror or err}") from None
     text = head.lstrip(b"\xef\xbb\xbf").lstrip()
@@ -330,7 +336,7 @@ def _sniff(path: Path) -> str:
 
 def _open_text(path: Path) -> io.TextIOWrapper:
     try:
-        return path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+        return open_text(path)
     except OSError as err:
         raise InputError(path, f"cannot read: {err.strerror or err}") from None
 
@@ -379,7 +385,7 @@ def _iter_tsv(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
         return batch
 
     with _open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in text_lines(f, path):
             line = raw.rstrip("\r\n")
             if not line:
                 continue
@@ -468,7 +474,7 @@ def _iter_json(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
         return batch
 
     with _open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in text_lines(f, path):
             line = raw.strip()
             if not line:
                 continue

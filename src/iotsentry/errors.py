@@ -39,3 +39,16 @@ class LogDamaged(Warning):
         self.line = line
         self.problem = problem
         super().__init__(f"{self.path}: {problem} after line {line}; kept the lines before it")
+
+
+class LinesSkipped(Warning):
+    """Malformed lines of a flow log were skipped (counted; the first one named)."""
+
+    def __init__(self, path: str | Path, count: int, first_line: int, first_problem: str) -> None:
+        self.path = str(path)
+        self.count = count
+        self.first_line = first_line
+        self.first_problem = first_problem
+        super().__init__(
+            f"{self.path}: skipped {count} malformed line(s); the first, line {first_line}: {first_problem}"
+        )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 from conftest import data_path
 from iotsentry.capture.flowcsv import iter_flow_csv, read_flow_csv
 from iotsentry.capture.zeek import iter_conn_log, read_conn_log, read_flows
-from iotsentry.errors import InputError
+from iotsentry.errors import InputError, LinesSkipped
 from iotsentry.schema import FlowBatch, ip_from_str, ip_to_str, mac_from_str
 
 IOT23 = ("iot23", "zeek")
@@ -363,15 +366,26 @@ def test_header_only_tsv_is_empty(tmp_path: Path) -> None:
     assert len(read_conn_log(p)) == 0
 
 
+def _skipping(read: Callable[[], FlowBatch], path: Path, count: int, first: str) -> FlowBatch:
+    """Run ``read``: exactly one LinesSkipped warning, naming the file, the count and the first line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = read()
+    skipped = [w.message for w in caught if issubclass(w.category, LinesSkipped)]
+    assert len(skipped) == 1, [str(w.message) for w in caught]
+    msg = str(skipped[0])
+    assert msg.startswith(f"{path}: skipped {count} malformed line(s); the first, ") and re.search(first, msg)
+    return got
+
+
 @pytest.mark.slow
 def test_wrong_column_count_names_line(tmp_path: Path) -> None:
     lines = _head(data_path(*IOT23, "CTU-IoT-Malware-Capture-34-1", "conn.log.labeled"), 20)
     lines[11] = lines[11].replace("\t", "", 1)  # file line 12 loses a column
     p = tmp_path / "conn.log.labeled"
     p.write_text("".join(lines))
-    with pytest.raises(InputError, match=r"line 12: 22 columns, expected 23") as err:
-        read_conn_log(p)
-    assert err.value.path == str(p)
+    got = _skipping(lambda: read_conn_log(p), p, 1, r"line 12: 22 columns, expected 23")
+    assert len(got) == 20 - 8 - 1  # 8 header lines, the bad row skipped
 
 
 @pytest.mark.slow
@@ -379,8 +393,8 @@ def test_truncated_last_row(tmp_path: Path) -> None:
     text = data_path(*SLIPS, "port-scans", "horizontal", "conn.log").read_text()
     p = tmp_path / "conn.log"
     p.write_text(text[: len(text) - 40])  # cut in the middle of the last row (line 49)
-    with pytest.raises(InputError, match="line 49"):
-        read_conn_log(p)
+    got = _skipping(lambda: read_conn_log(p), p, 1, r"line 49: \d+ columns, expected")
+    assert len(got) == len(read_conn_log(data_path(*SLIPS, "port-scans", "horizontal", "conn.log"))) - 1
 
 
 @pytest.mark.slow
@@ -400,8 +414,8 @@ def test_bad_values_name_line_and_column(tmp_path: Path, column: int, value: str
     lines[20] = "\t".join(parts)
     p = tmp_path / "conn.log"
     p.write_text("".join(lines))
-    with pytest.raises(InputError, match=rf"line 21: bad {message} value"):
-        read_conn_log(p)
+    got = _skipping(lambda: read_conn_log(p), p, 1, rf"line 21: bad {message} value")
+    assert len(got) == 30 - 8 - 1
 
 
 @pytest.mark.slow
@@ -410,8 +424,8 @@ def test_bad_json_line(tmp_path: Path) -> None:
     lines[4] = lines[4][:50] + "\n"
     p = tmp_path / "conn.json"
     p.write_text("".join(lines))
-    with pytest.raises(InputError, match="line 5: not valid JSON"):
-        read_flows(p)
+    got = _skipping(lambda: read_flows(p), p, 1, r"line 5: not valid JSON")
+    assert len(got) == 9
 
 
 @pytest.mark.slow
@@ -427,5 +441,28 @@ def test_bad_csv_row(tmp_path: Path) -> None:
     lines[6] = lines[6].rstrip("\n") + ",extra\n"
     p = tmp_path / "flows.csv"
     p.write_text("".join(lines))
-    with pytest.raises(InputError, match="line 7: 24 columns, expected 23"):
-        read_flows(p)
+    got = _skipping(lambda: read_flows(p), p, 1, r"line 7: 24 columns, expected 23")
+    assert len(got) == 10 - 1 - 1  # the header, the bad row skipped
+
+
+@pytest.mark.slow
+def test_many_bad_values_are_skipped_row_by_row_and_the_rest_kept(tmp_path: Path) -> None:
+    """More bad rows in a chunk than the drop-and-retry budget: the rows are converted one at a
+    time; every good row is kept, in order, with consecutive flow ids."""
+    src = data_path(*ICS, "ETHERNET_IP-mb", "conn.log")
+    lines = _head(src, 400)
+    first_data = next(i for i, x in enumerate(lines) if not x.startswith("#"))
+    bad = list(range(first_data, len(lines), 7))[:60]
+    for i in bad:
+        parts = lines[i].split("\t")
+        parts[17] = "12x"  # orig_ip_bytes
+        lines[i] = "\t".join(parts)
+    p = tmp_path / "conn.log"
+    p.write_text("".join(lines))
+    got = _skipping(lambda: read_conn_log(p), p, len(bad), rf"line {bad[0] + 1}: bad orig_ip_bytes value")
+    whole = read_conn_log(src)
+    data = [i for i in range(first_data, len(lines)) if not lines[i].startswith("#")]
+    keep = [k for k, i in enumerate(data) if i not in bad]
+    assert len(got) == len(keep)
+    assert np.array_equal(got.columns["ts"], whole.columns["ts"][keep])
+    assert np.array_equal(got.columns["flow_id"], np.arange(len(keep)))

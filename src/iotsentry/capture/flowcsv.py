@@ -14,10 +14,8 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from iotsentry.capture.compressed import DECOMPRESSION_ERRORS, open_text, text_lines
-from iotsentry.capture.zeek import USED_COLUMNS, build_flow_batch, canonical_name, check_required
+from iotsentry.capture.zeek import USED_COLUMNS, Skipped, canonical_name, check_required
 from iotsentry.errors import InputError
 from iotsentry.schema import FlowBatch
 
@@ -66,19 +64,22 @@ def iter_flow_csv(path: str | Path, *, chunk_rows: int = 100_000) -> Iterator[Fl
         lines: list[int] = []
         next_id = 0
 
+        skips = Skipped(p)
+
         def flush() -> FlowBatch:
             nonlocal next_id
             assert header is not None
             width = len(header)
-            bad = [i for i, r in enumerate(rows) if len(r) != width]
-            if bad:
-                i = bad[0]
-                raise InputError(p, f"line {lines[i]}: {len(rows[i])} columns, expected {width}")
-            cols = dict(zip(header, zip(*rows, strict=True), strict=True))
-            used = {k: v for k, v in cols.items() if k in USED_COLUMNS}
-            batch = build_flow_batch(
-                used, np.asarray(lines, dtype=np.int64), p, unset=_UNSET, first_flow_id=next_id
+            good = [i for i, r in enumerate(rows) if len(r) == width]
+            for i, r in enumerate(rows):
+                if len(r) != width:  # a cut or garbled line: skipped, counted
+                    skips.add(lines[i], f"{len(r)} columns, expected {width}")
+            kept = [rows[i] for i in good]
+            cols = (
+                dict(zip(header, zip(*kept, strict=True), strict=True)) if kept else {h: () for h in header}
             )
+            used = {k: v for k, v in cols.items() if k in USED_COLUMNS}
+            batch = skips.build(used, [lines[i] for i in good], unset=_UNSET, first_flow_id=next_id)
             next_id += len(batch)
             rows.clear()
             lines.clear()
@@ -107,6 +108,7 @@ def iter_flow_csv(path: str | Path, *, chunk_rows: int = 100_000) -> Iterator[Fl
             raise InputError(p, f"line {reader.line_num}: {err}") from None
         if rows:
             yield flush()
+        skips.warn()
 
 
 def read_flow_csv(path: str | Path) -> FlowBatch:

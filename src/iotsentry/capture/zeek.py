@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotsentry.capture.compressed import DECOMPRESSION_ERRORS, open_input, open_text, text_lines
-from iotsentry.errors import InputError
+from iotsentry.errors import InputError, LinesSkipped
 from iotsentry.schema import PROTO_NUMBERS, FlowBatch, ip_from_str, mac_from_str
 
 __all__ = ["iter_conn_log", "read_conn_log", "read_flows"]
@@ -137,6 +138,20 @@ def _unset_mask(arr: npt.NDArray[Any], unset: frozenset[str]) -> npt.NDArray[np.
     return np.isin(arr, list(unset))
 
 
+TextColumn = Sequence[str] | npt.NDArray[Any]
+"""One column of a chunk of log rows as text (a list, a tuple or an object array)."""
+
+
+class RowError(InputError):
+    """A value of one row cannot be converted: ``row`` is its index in the chunk."""
+
+    def __init__(self, path: str | Path, row: int, line: int, problem: str) -> None:
+        super().__init__(path, f"line {line}: {problem}")
+        self.row = row
+        self.line = line
+        self.row_problem = problem
+
+
 class _Ctx:
     """Where a chunk of rows came from, for error messages."""
 
@@ -145,11 +160,84 @@ class _Ctx:
         self.lines = lines
         self.unset = unset
 
-    def fail(self, row: int, column: str, value: object) -> InputError:
-        return InputError(self.path, f"line {int(self.lines[row])}: bad {column} value {str(value)[:60]!r}")
+    def fail(self, row: int, column: str, value: object) -> RowError:
+        line = int(self.lines[row])
+        return RowError(self.path, row, line, f"bad {column} value {str(value)[:60]!r}")
 
 
-def _floats(values: Sequence[str], name: str, ctx: _Ctx) -> npt.NDArray[np.float64]:
+class Skipped:
+    """Malformed lines of one log: counted, the first remembered, one warning at the end."""
+
+    MAX_RETRIES = 32
+    """Rows dropped one by one from a chunk before its rows are converted one at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.count = 0
+        self.first: tuple[int, str] | None = None
+
+    def add(self, line: int, problem: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = (line, problem)
+
+    def warn(self) -> None:
+        """One :class:`~iotsentry.errors.LinesSkipped` warning if any line was skipped."""
+        if self.count and self.first is not None:
+            warnings.warn(LinesSkipped(self.path, self.count, *self.first), stacklevel=4)
+
+    def build(
+        self,
+        columns: Mapping[str, Sequence[str]],
+        lines: Sequence[int],
+        *,
+        unset: frozenset[str],
+        first_flow_id: int,
+    ) -> FlowBatch:
+        """:func:`build_flow_batch` of the rows whose values convert; the others are skipped."""
+        cols = {k: np.asarray(v, dtype=object) for k, v in columns.items()}
+        at = np.asarray(lines, dtype=np.int64)
+        keep = np.arange(len(at))
+        for _ in range(self.MAX_RETRIES):
+            try:
+                return build_flow_batch(
+                    {k: v[keep] for k, v in cols.items()},
+                    at[keep],
+                    self.path,
+                    unset=unset,
+                    first_flow_id=first_flow_id,
+                )
+            except RowError as err:
+                self.add(err.line, err.row_problem)
+                keep = np.delete(keep, err.row)
+        parts: list[FlowBatch] = []  # many bad rows: one row at a time
+        for i in keep.tolist():
+            try:
+                parts.append(
+                    build_flow_batch(
+                        {k: v[i : i + 1] for k, v in cols.items()},
+                        at[i : i + 1],
+                        self.path,
+                        unset=unset,
+                        first_flow_id=first_flow_id + len(parts),
+                    )
+                )
+            except RowError as err:
+                self.add(err.line, err.row_problem)
+        return (
+            FlowBatch.concat(parts)
+            if parts
+            else build_flow_batch(
+                {k: v[:0] for k, v in cols.items()},
+                at[:0],
+                self.path,
+                unset=unset,
+                first_flow_id=first_flow_id,
+            )
+        )
+
+
+def _floats(values: TextColumn, name: str, ctx: _Ctx) -> npt.NDArray[np.float64]:
     arr = np.asarray(values, dtype=str)
     miss = _unset_mask(arr, ctx.unset)
     if miss.any():
@@ -167,7 +255,7 @@ def _floats(values: Sequence[str], name: str, ctx: _Ctx) -> npt.NDArray[np.float
     return out
 
 
-def _counts(values: Sequence[str], name: str, ctx: _Ctx, limit: int | None = None) -> npt.NDArray[np.uint64]:
+def _counts(values: TextColumn, name: str, ctx: _Ctx, limit: int | None = None) -> npt.NDArray[np.uint64]:
     arr = np.asarray(values, dtype=str)
     miss = _unset_mask(arr, ctx.unset)
     if miss.any():
@@ -185,7 +273,7 @@ def _counts(values: Sequence[str], name: str, ctx: _Ctx, limit: int | None = Non
 
 
 def _by_unique(
-    values: Sequence[str], name: str, ctx: _Ctx, convert: Any, width: int
+    values: TextColumn, name: str, ctx: _Ctx, convert: Any, width: int
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.intp]]:
     """Convert each distinct value once; returns (per-unique results [k, width], inverse)."""
     arr = np.asarray(values, dtype=object)
@@ -210,7 +298,7 @@ def _proto_number(text: str) -> tuple[int]:
     raise ValueError(t)
 
 
-def _strings(values: Sequence[str], unset: frozenset[str], fill: str) -> npt.NDArray[np.object_]:
+def _strings(values: TextColumn, unset: frozenset[str], fill: str) -> npt.NDArray[np.object_]:
     arr = np.asarray(values, dtype=object)
     if len(arr):
         arr[np.isin(arr, list(unset))] = fill
@@ -218,7 +306,7 @@ def _strings(values: Sequence[str], unset: frozenset[str], fill: str) -> npt.NDA
 
 
 def build_flow_batch(
-    columns: Mapping[str, Sequence[str]],
+    columns: Mapping[str, TextColumn],
     lines: npt.NDArray[np.int64],
     path: str | Path,
     *,
@@ -359,6 +447,8 @@ def _iter_tsv(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
     lines: list[int] = []
     next_id = 0
 
+    skips = Skipped(path)
+
     def flush() -> FlowBatch:
         nonlocal next_id
         assert fields is not None
@@ -366,19 +456,16 @@ def _iter_tsv(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
         split = [r.split(sep) for r in text]
         width = len(fields)
         lens = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        at = lines
         bad = np.nonzero(lens != width)[0]
-        if len(bad):
-            i = int(bad[0])
-            raise InputError(path, f"line {lines[i]}: {lens[i]} columns, expected {width}")
-        cols = dict(zip(fields, zip(*split, strict=True), strict=True))
+        if len(bad):  # a cut or garbled line: skipped, counted
+            for i in bad.tolist():
+                skips.add(lines[i], f"{lens[i]} columns, expected {width}")
+            good = np.nonzero(lens == width)[0].tolist()
+            split, at = [split[i] for i in good], [lines[i] for i in good]
+        cols = dict(zip(fields, zip(*split, strict=True), strict=True)) if split else {f: () for f in fields}
         used = {k: v for k, v in cols.items() if k in USED_COLUMNS}
-        batch = build_flow_batch(
-            used,
-            np.asarray(lines, dtype=np.int64),
-            path,
-            unset=frozenset({unset_tok, empty_tok, ""}),
-            first_flow_id=next_id,
-        )
+        batch = skips.build(used, at, unset=frozenset({unset_tok, empty_tok, ""}), first_flow_id=next_id)
         next_id += len(batch)
         rows.clear()
         lines.clear()
@@ -424,6 +511,7 @@ def _iter_tsv(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
                 yield flush()
     if rows:
         yield flush()
+    skips.warn()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,16 +545,12 @@ def _iter_json(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
     checked = False
     labeled = False  # label columns are kept only when the log has them
 
+    skips = Skipped(path)
+
     def flush() -> FlowBatch:
         nonlocal next_id
         use = {k: v for k, v in cols.items() if labeled or k not in ("label", "detailed_label")}
-        batch = build_flow_batch(
-            use,
-            np.asarray(lines, dtype=np.int64),
-            path,
-            unset=frozenset({"-", "(empty)", ""}),
-            first_flow_id=next_id,
-        )
+        batch = skips.build(use, lines, unset=frozenset({"-", "(empty)", ""}), first_flow_id=next_id)
         next_id += len(batch)
         for v in cols.values():
             v.clear()
@@ -481,9 +565,11 @@ def _iter_json(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise InputError(path, f"line {lineno}: not valid JSON ({err.msg})") from None
+                skips.add(lineno, f"not valid JSON ({err.msg})")
+                continue
             if not isinstance(rec, dict):
-                raise InputError(path, f"line {lineno}: not a JSON object")
+                skips.add(lineno, "not a JSON object")
+                continue
             row = {canonical_name(k): v for k, v in rec.items()}
             if not checked:
                 check_required(list(row), path)
@@ -492,12 +578,15 @@ def _iter_json(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
                 checked = True
             missing = [c for c in REQUIRED if c not in row]
             if missing:
-                raise InputError(path, f"line {lineno}: missing field(s) {', '.join(missing)}")
-            labeled = labeled or "label" in row
+                skips.add(lineno, f"missing field(s) {', '.join(missing)}")
+                continue
             try:
-                cols["ts"].append(_json_ts(row["ts"]))
+                ts = _json_ts(row["ts"])
             except (ValueError, TypeError):
-                raise InputError(path, f"line {lineno}: bad ts value {row['ts']!r}") from None
+                skips.add(lineno, f"bad ts value {str(row['ts'])[:60]!r}")
+                continue
+            labeled = labeled or "label" in row
+            cols["ts"].append(ts)
             for c in USED_COLUMNS:
                 if c != "ts":
                     cols[c].append(_json_text(row.get(c)))
@@ -506,6 +595,7 @@ def _iter_json(path: Path, chunk_rows: int) -> Iterator[FlowBatch]:
                 yield flush()
     if lines:
         yield flush()
+    skips.warn()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,16 @@ def compression_of_file(path: str | Path) -> str | None:
         return compression_of(f.read(8))
 
 
+def fill(f: io.BufferedIOBase, buf: Any, compression: str | None) -> int:
+    """Read into the numpy byte buffer ``buf``; returns the bytes read (0 at the end). A plain
+    file fills it; a decompressing stream gives one decompression step (at most
+    :data:`COMPRESSED_READ` bytes), so a damaged stream loses only its last step. Raises one of
+    :data:`DECOMPRESSION_ERRORS` on damage."""
+    if compression is None:
+        return f.readinto(buf.data)
+    return f.readinto1(buf[:COMPRESSED_READ].data)
+
+
 def open_text(path: str | Path) -> io.TextIOWrapper:
     """A text log (UTF-8, a BOM skipped, undecodable bytes replaced), decompressed when it is
     compressed; iterate it with :func:`text_lines` so that a damaged stream ends the lines with

@@ -25,9 +25,9 @@ import numpy.typing as npt
 from numba import njit
 
 from iotsentry.capture.compressed import (
-    COMPRESSED_READ,
     DECOMPRESSION_ERRORS,
     MIN_COMPRESSED_BATCH,
+    fill,
     open_input,
 )
 from iotsentry.capture.decode import SUPPORTED_LINKTYPES, BatchBuilder, FrameBlock, RawSpec
@@ -365,10 +365,7 @@ def _blocks(
             grown[:left] = buf[:left]
             buf = grown
         try:
-            if compression is None:
-                got = f.readinto(buf[valid:].data)
-            else:  # one decompression step at a time: a damaged stream loses only its last step
-                got = f.readinto1(buf[valid : valid + COMPRESSED_READ].data)
+            got = fill(f, buf[valid:], compression)
         except DECOMPRESSION_ERRORS as err:  # every complete block before it is kept
             _warn(path, base + valid, f"{compression} stream damaged ({err})", total)
             break

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import zstandard
 from pcapgen import epb, eth, idb, ipv4, pcap_bytes, shb, udp
 
 from conftest import data_path
-from iotsentry.capture.compressed import compression_of_file
+from iotsentry.capture.compressed import StreamDamaged, compression_of_file, fill, text_lines
 from iotsentry.capture.reader import capture_format, read_all, read_packets
 from iotsentry.capture.zeek import read_conn_log, read_flows
 from iotsentry.errors import CaptureDamaged, InputError, LogDamaged
@@ -162,3 +164,26 @@ def test_a_cut_compressed_zeek_log_keeps_the_rows_before_the_cut(tmp_path: Path)
     whole = read_conn_log(src)
     assert 0 < len(got) < len(whole)
     assert all(np.array_equal(got.columns[k], whole.columns[k][: len(got)]) for k in got.columns)
+
+
+def test_a_bad_bzip2_block_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """bzip2 reports a bad block as a bare OSError: readers see it as stream damage."""
+
+    class BadBlock(io.BufferedIOBase):
+        def readinto1(self, b: Any) -> int:
+            raise OSError("Invalid data stream")
+
+    with pytest.raises(StreamDamaged, match="Invalid data stream"):
+        fill(BadBlock(), np.empty(64, dtype=np.uint8), "bzip2")
+
+    def lines() -> Iterator[str]:
+        yield "first\n"
+        raise OSError("Invalid data stream")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = list(text_lines(lines(), tmp_path / "conn.log.bz2"))
+    assert got == [(1, "first\n")]
+    log = tmp_path / "conn.log.bz2"
+    want = f"{log}: read failed (Invalid data stream) after line 1; kept the lines before it"
+    assert [str(w.message) for w in caught] == [want]

@@ -46,6 +46,11 @@ def _zstd_errors() -> tuple[type[BaseException], ...]:
     return (zstandard.ZstdError,)
 
 
+class StreamDamaged(EOFError):
+    """A decompressing stream failed on its data (bzip2 reports a bad block as a bare ``OSError``,
+    which :func:`fill` and :func:`text_lines` turn into this)."""
+
+
 DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     zlib.error,
@@ -53,8 +58,7 @@ DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
     lzma.LZMAError,
     *_zstd_errors(),
 )
-"""What reading a damaged compressed stream raises (``OSError`` subclasses are among them:
-``gzip.BadGzipFile``; bzip2 raises ``OSError`` itself, caught by the readers' ``OSError``)."""
+"""What reading a damaged compressed stream raises (:class:`StreamDamaged` is an ``EOFError``)."""
 
 
 def compression_of(head: bytes) -> str | None:
@@ -78,7 +82,12 @@ def fill(f: io.BufferedIOBase, buf: Any, compression: str | None) -> int:
     :data:`DECOMPRESSION_ERRORS` on damage."""
     if compression is None:
         return f.readinto(buf.data)
-    return f.readinto1(buf[:COMPRESSED_READ].data)
+    try:
+        return f.readinto1(buf[:COMPRESSED_READ].data)
+    except DECOMPRESSION_ERRORS:
+        raise
+    except OSError as err:  # bzip2's bad block
+        raise StreamDamaged(str(err)) from None
 
 
 def open_text(path: str | Path) -> io.TextIOWrapper:
@@ -101,6 +110,9 @@ def text_lines(f: Iterable[str], path: str | Path) -> Iterator[tuple[int, str]]:
             return
         except DECOMPRESSION_ERRORS as err:
             warnings.warn(LogDamaged(path, lineno, f"compressed stream damaged ({err})"), stacklevel=3)
+            return
+        except OSError as err:  # a bad bzip2 block, or the disk: the lines read so far are kept
+            warnings.warn(LogDamaged(path, lineno, f"read failed ({err})"), stacklevel=3)
             return
         lineno += 1
         yield lineno, line

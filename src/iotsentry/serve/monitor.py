@@ -440,12 +440,10 @@ class Monitor:
         absorptions (what, when, why) and save the living baseline."""
         changed = set(out.finished) | {str(r["device_id"]) for r in out.absorbed}
         baselines = self.engine.baselines()
-        for dev_id in sorted(changed):
-            prof = baselines.get(dev_id)
-            if prof is not None:
-                self.store.save_baseline(
-                    dev_id, self.run_id, prof, float(prof["maturity"]["score"]), bool(prof["mature"])
-                )
+        profiles = [(d, baselines[d]) for d in sorted(changed) if d in baselines]
+        self.store.save_baselines(
+            self.run_id, [(d, p, float(p["maturity"]["score"]), bool(p["mature"])) for d, p in profiles]
+        )
         if out.finished:
             self._audit("baseline.devices_learned", "baseline", {"devices": list(out.finished)})
         for rec in out.absorbed:
